@@ -1,0 +1,1 @@
+"""Slipway: a production ML platform on Ray."""

@@ -1,0 +1,114 @@
+"""YAML configuration loaded into pydantic models, with `--set dotted.key=value` overrides.
+
+Every job has one config model (a subclass of `JobConfig`). Unknown keys and wrong types fail at
+start with a `ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageConfig(StrictModel):
+    """Where every job reads and writes: a local folder or an `s3://` / `gs://` URI."""
+
+    root: str = "data"
+
+
+class RayConfig(StrictModel):
+    """How a job reaches Ray: `address` None starts a local Ray (or joins `RAY_ADDRESS`)."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+class TrackingConfig(StrictModel):
+    """W&B settings. `mode` auto: online when WANDB_API_KEY is set, offline otherwise."""
+
+    project: str = "slipway"
+    entity: str | None = None
+    mode: str = Field(default="auto", pattern="^(auto|online|offline|disabled)$")
+
+
+class JobConfig(StrictModel):
+    """Sections every job shares."""
+
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-typed value."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set storage.root=/tmp")
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set `value` at `path` inside nested dicts, creating sections as needed."""
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; remove it or check its spelling"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing; add it"
+    return f"{key}: {error['msg']} (got {error.get('input')!r}); fix the value"
+
+
+def validate_config(model: type[C], data: dict[str, Any], source: str) -> C:
+    """Validate `data` into `model`, turning pydantic errors into one readable ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"invalid config {source}:\n  {lines}") from None
+
+
+def load_config(model: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
+    """Load YAML at `path` (None: defaults only), apply `--set` overrides and validate."""
+    data: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found; pass an existing --config") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
+        data = loaded or {}
+    for item in overrides:
+        apply_override(data, *parse_override(item))
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return validate_config(model, data, source)

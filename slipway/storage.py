@@ -1,0 +1,100 @@
+"""The storage root: one local folder or `s3://` / `gs://` URI under which every job writes.
+
+Layout under the root:
+
+    raw/<dataset>/                 landed source files (CSV, JSONL, Parquet) as they arrived
+    curated/<dataset>/             rows that passed validation, as Parquet
+    quarantine/<dataset>/          rows that failed, as Parquet with `_reason` and `_source`
+    features/<feature_view>/       feature tables with event timestamps (Feast offline store)
+    feature_repo/                  Feast registry (registry.db) and the SQLite online store
+    runs/<job>/<run_id>.json       one manifest per job run: config, code and data versions, metrics
+    wandb/                         W&B run files (local roots only; remote roots use a temp dir)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+class Storage:
+    """Paths and small JSON documents under the configured root, on any pyarrow filesystem."""
+
+    def __init__(self, root: str) -> None:
+        self.is_local = "://" not in root or root.startswith("file://")
+        if self.is_local:
+            base = os.path.abspath(root.removeprefix("file://"))
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+            self.root = base
+            self._base = base
+        else:
+            self.fs, self._base = pafs.FileSystem.from_uri(root)
+            self.root = root.rstrip("/")
+
+    def uri(self, *parts: str) -> str:
+        """Full path or URI of `parts` under the root, as Ray Data and Feast take it."""
+        return "/".join([self.root, *parts])
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._base.rstrip("/"), *parts])
+
+    def exists(self, *parts: str) -> bool:
+        """Whether a file or folder exists under the root."""
+        return self.fs.get_file_info(self._path(*parts)).type != pafs.FileType.NotFound
+
+    def makedirs(self, *parts: str) -> str:
+        """Create a folder under the root (no-op on object stores) and return its URI."""
+        self.fs.create_dir(self._path(*parts), recursive=True)
+        return self.uri(*parts)
+
+    def remove(self, *parts: str) -> None:
+        """Delete a folder or file under the root if it exists."""
+        info = self.fs.get_file_info(self._path(*parts))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self._path(*parts))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self._path(*parts))
+
+    def open_output(self, *parts: str) -> pa.NativeFile:
+        """A writable stream to the file `parts`, creating its folder."""
+        if len(parts) > 1:
+            self.makedirs(*parts[:-1])
+        return self.fs.open_output_stream(self._path(*parts))
+
+    def write_json(self, obj: Any, *parts: str) -> str:
+        """Write `obj` as indented JSON to `parts` and return its URI."""
+        with self.open_output(*parts) as out:
+            out.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        return self.uri(*parts)
+
+    def read_json(self, *parts: str) -> Any:
+        """Read a JSON document written by `write_json`."""
+        with self.fs.open_input_stream(self._path(*parts)) as inp:
+            return json.loads(inp.read().decode())
+
+    def list_files(self, *parts: str) -> list[str]:
+        """URIs of all files below a folder, sorted; [] when it does not exist."""
+        if not self.exists(*parts):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self._path(*parts), recursive=True))
+        prefix = self._base.rstrip("/")
+        return sorted(
+            self.root + i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File
+        )
+
+    def version(self, *parts: str) -> str:
+        """Content version of a folder: a hash of its files' names, sizes and modification times."""
+        digest = hashlib.sha256()
+        base = self._path(*parts)
+        if self.exists(*parts):
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            for info in sorted(infos, key=lambda i: i.path):
+                if info.type == pafs.FileType.File:
+                    stamp = info.mtime_ns if info.mtime_ns is not None else ""
+                    digest.update(f"{info.path[len(base):]}:{info.size}:{stamp}\n".encode())
+        return digest.hexdigest()[:16]
