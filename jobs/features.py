@@ -53,13 +53,10 @@ class FeaturesResult:
     online_until: datetime | None
 
 
-def latest_event_time(uri: str) -> datetime:
-    """The latest `event_timestamp` in a Parquet dataset, from its column statistics."""
+def latest_event_time(uri: str) -> datetime | None:
+    """The latest `event_timestamp` in a Parquet dataset (None when it has no rows)."""
     dataset = pads.dataset(uri, format="parquet")
-    latest = pc.max(dataset.to_table(columns=["event_timestamp"])["event_timestamp"]).as_py()
-    if latest is None:
-        raise JobFailed(f"no events in {uri}; run jobs.ingest first")
-    return latest
+    return pc.max(dataset.to_table(columns=["event_timestamp"])["event_timestamp"]).as_py()
 
 
 def _curated(storage: Storage, name: str) -> ray.data.Dataset:
@@ -97,11 +94,14 @@ def main(cfg: FeaturesConfig) -> FeaturesResult:
         apply_definitions(store, storage)
         online_until = None
         if cfg.materialize:
+            newest = {name: latest_event_time(storage.uri("features", name)) for name in rows}
             last = latest_event_time(storage.uri("curated", "events"))
             day_end_us = (int(last.timestamp() * 1e6) // DAY_US + 1) * DAY_US
             online_until = datetime.fromtimestamp(day_end_us / 1e6 + 1, tz=timezone.utc)
-            materialize(store, end=online_until, start=online_until - PROFILE_TTL
-                        - timedelta(days=1))
+            loaded = materialize(store, end=online_until,
+                                 start=online_until - PROFILE_TTL - timedelta(days=1),
+                                 newest=newest)
+            run.log({"materialized_views": len(loaded)})
     for name, n in rows.items():
         print(f"{name}: {n:,} feature rows -> {storage.uri('features', name)}")
     store_kind = cfg.feature_store.online_store.type

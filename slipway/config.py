@@ -59,7 +59,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and a YAML-typed value."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set storage.root=/tmp")
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. storage.root=/tmp")
     return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
 
 

@@ -21,7 +21,8 @@ WORKER_ENV_VARS = ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "SLIPWAY_GIT_SHA"
 def runtime_env() -> dict:
     """The runtime environment for this project's Ray workers."""
     env = {name: os.environ[name] for name in WORKER_ENV_VARS if name in os.environ}
-    return {"env_vars": env} if env else {}
+    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    return {"env_vars": env}
 
 
 def init_ray(cfg: RayConfig, job_name: str | None = None) -> None:

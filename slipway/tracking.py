@@ -79,7 +79,7 @@ def track_run(job: str, cfg: JobConfig, storage: Storage) -> Iterator[JobRun]:
     import wandb
 
     mode = wandb_mode(cfg.tracking)
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     sha = git_sha()
     wandb_run = None
     if mode != "disabled":
@@ -88,7 +88,7 @@ def track_run(job: str, cfg: JobConfig, storage: Storage) -> Iterator[JobRun]:
             project=cfg.tracking.project,
             entity=cfg.tracking.entity,
             job_type=job,
-            name=f"{job}-{run_id}",
+            name=run_id,
             id=run_id,
             mode=mode,
             dir=wandb_dir(storage),

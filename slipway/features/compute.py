@@ -32,7 +32,8 @@ _PARTIAL_SCHEMA = pa.schema([
 
 def daily_partials(events: pa.Table, partitions: int) -> pa.Table:
     """Reduce a block of events to per (kind, entity, day) sums; `part` routes the shuffle."""
-    ts_us = pc.cast(pc.cast(events["event_timestamp"], pa.timestamp("us", tz="UTC")), pa.int64())
+    ts_us = pc.cast(pc.cast(events["event_timestamp"], pa.timestamp("us", tz="UTC"), safe=False),
+                    pa.int64())
     base = pa.table({
         "day": pc.divide(ts_us, DAY_US),
         "ts": ts_us,
@@ -160,7 +161,8 @@ def article_text_features(articles: pa.Table) -> pa.Table:
     body_words = pc.add(pc.count_substring(pc.utf8_trim_whitespace(articles["body"]), " "), 1)
     return pa.table({
         "article_id": articles["article_id"],
-        "event_timestamp": pc.cast(articles["published_at"], pa.timestamp("us", tz="UTC")),
+        "event_timestamp": pc.cast(articles["published_at"], pa.timestamp("us", tz="UTC"),
+                                   safe=False),
         "article_topic": articles["topic"],
         "article_title_words": pc.cast(title_words, pa.int64()),
         "article_body_words": pc.cast(body_words, pa.int64()),

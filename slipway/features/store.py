@@ -71,18 +71,28 @@ def apply_definitions(store: FeatureStore, storage: Storage) -> None:
     store.apply([USER, ARTICLE, *views, engagement_service(views)])
 
 
-def materialize(store: FeatureStore, end: datetime, start: datetime) -> None:
-    """Load feature rows up to `end` into the online store, incrementally.
+def materialize(store: FeatureStore, end: datetime, start: datetime,
+                newest: dict[str, datetime | None]) -> list[str]:
+    """Load feature rows up to `end` into the online store, incrementally; return views loaded.
 
-    Views never materialized before start from `start` (the earliest feature row); afterwards
-    Feast continues each view from where its last materialization ended.
+    Views never materialized before start from `start`; afterwards Feast continues each view
+    from where its last materialization ended. A view whose `newest` row is not after that point
+    has nothing new and is skipped (Feast's Ray offline store also fails on an empty interval).
     """
-    fresh = [v.name for v in store.list_feature_views() if not v.materialization_intervals]
+    fresh, incremental = [], []
+    for view in store.list_feature_views():
+        latest = newest.get(view.name)
+        if latest is None:
+            continue
+        if not view.materialization_intervals:
+            fresh.append(view.name)
+        elif latest > max(interval[1] for interval in view.materialization_intervals):
+            incremental.append(view.name)
     if fresh:
         store.materialize(start_date=start, end_date=end, feature_views=fresh)
-    done = [v.name for v in store.list_feature_views() if v.name not in fresh]
-    if done:
-        store.materialize_incremental(end_date=end, feature_views=done)
+    if incremental:
+        store.materialize_incremental(end_date=end, feature_views=incremental)
+    return fresh + incremental
 
 
 def training_set(store: FeatureStore, labels: pd.DataFrame) -> pd.DataFrame:
@@ -97,6 +107,6 @@ def training_set(store: FeatureStore, labels: pd.DataFrame) -> pd.DataFrame:
 
 
 def online_features(store: FeatureStore, rows: list[dict]) -> pd.DataFrame:
-    """Latest features for entity rows like `{"user_id": 1, "article_id": 2}` from the online store."""
+    """Latest features from the online store for rows like `{"user_id": 1, "article_id": 2}`."""
     service = store.get_feature_service("engagement")
     return store.get_online_features(features=service, entity_rows=rows).to_df()

@@ -1,0 +1,82 @@
+"""Configuration: YAML into pydantic models, overrides, and errors that name the key and file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jobs.ingest import IngestConfig
+from slipway.config import ConfigError, JobConfig, load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides_are_typed(tmp_path):
+    path = write(tmp_path, "storage:\n  root: /data/a\n")
+    cfg = load_config(JobConfig, path, ["ray.num_cpus=3", "tracking.mode=disabled"])
+    assert cfg.storage.root == "/data/a"
+    assert cfg.ray.num_cpus == 3
+    assert cfg.tracking.mode == "disabled"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "storage:\n  rooot: /x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(JobConfig, path)
+    assert "storage.rooot" in str(err.value) and str(path) in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = write(tmp_path, "ray:\n  num_cpus: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(JobConfig, path)
+    assert "ray.num_cpus" in str(err.value) and "'many'" in str(err.value)
+
+
+def test_override_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(JobConfig, None, ["storage.root"])
+    with pytest.raises(ConfigError, match="storage.root.x: unknown key|is a value"):
+        load_config(JobConfig, None, ["storage.root=/a", "storage.root.x=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(JobConfig, tmp_path / "missing.yaml")
+
+
+def test_nested_dataset_schema_errors_point_at_the_column(tmp_path):
+    path = write(tmp_path, """
+datasets:
+  events:
+    path: raw/events
+    columns:
+      - {name: user_id, type: integer}
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(IngestConfig, path)
+    assert "datasets.events.columns.0.type" in str(err.value)
+
+
+def test_job_exits_2_with_message_on_bad_config(tmp_path):
+    path = write(tmp_path, "datasets: {}\nbogus: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs.ingest", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "bogus: unknown key" in proc.stderr and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_shipped_configs_validate():
+    from jobs.features import FeaturesConfig
+    from jobs.generate import GenerateConfig
+
+    for model, path in [(IngestConfig, "configs/ingest.yaml"),
+                        (GenerateConfig, "configs/generate.yaml"),
+                        (FeaturesConfig, "configs/features.yaml"),
+                        (FeaturesConfig, "configs/production/features.yaml")]:
+        load_config(model, path)
