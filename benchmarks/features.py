@@ -44,25 +44,23 @@ def pandas_features(events_dir: str, out_dir: str) -> dict[str, int]:
              .reset_index().rename(columns={key: "entity_id"}))
         g.insert(0, "kind", np.int8(KIND_CODES[kind]))
         out = windowed_features(pa.Table.from_pandas(g, preserve_index=False), kind, last_day)
-        os.makedirs(out_dir, exist_ok=True)
-        pq.write_table(out, f"{out_dir}/{kind}.parquet")
+        os.makedirs(f"{out_dir}/features", exist_ok=True)
+        pq.write_table(out, f"{out_dir}/features/{kind}.parquet")
         rows[kind] = out.num_rows
     return rows
 
 
 def ray_features(events_dir: str, out_dir: str) -> dict[str, int]:
-    """The Ray Data pipeline of `jobs.features` for the engagement views."""
+    """The Ray Data pipeline and writer of `jobs.features` for the engagement views."""
     import ray
 
-    from slipway.features.compute import engagement_features
+    from jobs.features import write_views
+    from slipway.features.compute import default_partitions, engagement_features
+    from slipway.storage import Storage
 
-    partitions = 2 * int(ray.cluster_resources()["CPU"])
     events = ray.data.read_parquet(events_dir).select_columns(EVENT_COLUMNS)
-    rows = {}
-    for kind, ds in engagement_features(events, partitions).items():
-        ds.write_parquet(f"{out_dir}/{kind}")
-        rows[kind] = pq.ParquetDataset(f"{out_dir}/{kind}").read(columns=[]).num_rows
-    return rows
+    views = engagement_features(events, default_partitions())
+    return write_views(views, Storage(out_dir))
 
 
 def make_events(n: int, where: Path) -> str:

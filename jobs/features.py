@@ -7,6 +7,7 @@ new feature rows into the online store (SQLite by default, Redis in production).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -21,6 +22,7 @@ from slipway.features.compute import (
     DAY_US,
     EVENT_COLUMNS,
     article_text_features,
+    default_partitions,
     engagement_features,
     user_profile_features,
 )
@@ -59,6 +61,19 @@ def latest_event_time(uri: str) -> datetime | None:
     return pc.max(dataset.to_table(columns=["event_timestamp"])["event_timestamp"]).as_py()
 
 
+def write_views(tables: dict[str, ray.data.Dataset], storage: Storage) -> dict[str, int]:
+    """Write each view's dataset to features/<view>/ (concurrently); return rows per view."""
+
+    def write(name: str) -> int:
+        storage.remove("features", name)
+        tables[name].write_parquet(storage.uri("features", name), min_rows_per_file=1_000_000)
+        return sum(f.count_rows() for f in
+                   pads.dataset(storage.uri("features", name)).get_fragments())
+
+    with ThreadPoolExecutor(len(tables)) as pool:
+        return dict(zip(tables, pool.map(write, tables), strict=True))
+
+
 def _curated(storage: Storage, name: str) -> ray.data.Dataset:
     if not storage.list_files("curated", name):
         raise JobFailed(f"no curated {name} under {storage.uri('curated', name)}; "
@@ -70,7 +85,7 @@ def main(cfg: FeaturesConfig) -> FeaturesResult:
     """Compute every feature view, write the offline tables, apply Feast and materialize."""
     storage = Storage(cfg.storage.root)
     init_ray(cfg.ray, "features")
-    partitions = cfg.partitions or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    partitions = cfg.partitions or default_partitions()
     with track_run("features", cfg, storage) as run:
         for name in ("events", "articles", "users"):
             run.add_data_version(f"curated/{name}", storage.version("curated", name))
@@ -81,12 +96,8 @@ def main(cfg: FeaturesConfig) -> FeaturesResult:
             article_text_features, batch_format="pyarrow", batch_size=None)
         tables["user_profile"] = _curated(storage, "users").map_batches(
             user_profile_features, batch_format="pyarrow", batch_size=None)
-        rows = {}
-        for name, ds in tables.items():
-            storage.remove("features", name)
-            ds.write_parquet(storage.uri("features", name), min_rows_per_file=1_000_000)
-            rows[name] = sum(f.count_rows() for f in
-                             pads.dataset(storage.uri("features", name)).get_fragments())
+        rows = write_views(tables, storage)
+        for name in rows:
             run.add_data_version(f"features/{name}", storage.version("features", name))
         run.log({f"{name}/rows": n for name, n in rows.items()})
 

@@ -135,6 +135,11 @@ def _window_part(batch: pa.Table, partial_refs: list, kind: str) -> pa.Table:
     return windowed_features(pa.concat_tables(mine), kind, last_day)
 
 
+def default_partitions() -> int:
+    """Reduce tasks per entity kind: twice the cluster's CPUs."""
+    return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def engagement_features(events: ray.data.Dataset, partitions: int
                         ) -> dict[str, ray.data.Dataset]:
     """Ray Data pipeline from events to `{"user": ds, "article": ds}` of daily window features.
