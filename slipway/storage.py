@@ -72,10 +72,14 @@ class Storage:
             out.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
         return self.uri(*parts)
 
+    def read_bytes(self, *parts: str) -> bytes:
+        """The whole content of the file `parts`."""
+        with self.fs.open_input_stream(self._path(*parts)) as inp:
+            return inp.read()
+
     def read_json(self, *parts: str) -> Any:
         """Read a JSON document written by `write_json`."""
-        with self.fs.open_input_stream(self._path(*parts)) as inp:
-            return json.loads(inp.read().decode())
+        return json.loads(self.read_bytes(*parts).decode())
 
     def list_files(self, *parts: str) -> list[str]:
         """URIs of all files below a folder, sorted; [] when it does not exist."""

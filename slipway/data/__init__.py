@@ -1,0 +1,1 @@
+"""Demo data, declared schemas and row validation."""

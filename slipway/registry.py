@@ -1,0 +1,146 @@
+"""The model registry on the storage root: versions with lineage, and movable aliases.
+
+    models/<name>/versions/<NNNN>/model.safetensors   weights (safetensors: nothing unpickled)
+    models/<name>/versions/<NNNN>/metadata.json       architecture, metrics, config, lineage
+    models/<name>/aliases.json                        {"aliases": {...}, "history": [...]}
+
+Aliases (`champion`, `challenger`) point at versions; every move is kept in the history, so a
+rollback moves an alias back to the version it pointed at before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from slipway.storage import Storage
+
+# Architectures the registry can rebuild, by name; loading never runs code named by the data.
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def architecture(name: str) -> Callable[[Callable[..., torch.nn.Module]],
+                                        Callable[..., torch.nn.Module]]:
+    """Class decorator: make a model class loadable from the registry under `name`."""
+
+    def register(cls: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        ARCHITECTURES[name] = cls
+        return cls
+
+    return register
+
+
+class RegistryError(LookupError):
+    """A model, version or alias that does not exist; the message lists what does."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: where it lives and everything recorded about it."""
+
+    name: str
+    version: int
+    uri: str
+    metadata: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Evaluation metrics recorded with the version."""
+        return self.metadata.get("metrics", {})
+
+
+class Registry:
+    """Register, find, alias and load model versions under `<root>/models/`."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def _dir(self, name: str, version: int) -> tuple[str, ...]:
+        return ("models", name, "versions", f"{version:04d}")
+
+    def versions(self, name: str) -> list[int]:
+        """Registered version numbers of `name`, ascending."""
+        files = self.storage.list_files("models", name, "versions")
+        return sorted({int(f.rsplit("/versions/", 1)[1].split("/")[0]) for f in files
+                       if f.endswith("metadata.json")})
+
+    def register(self, name: str, state_dict: dict[str, torch.Tensor], arch: str,
+                 arch_params: dict[str, Any], **metadata: Any) -> ModelVersion:
+        """Save weights and metadata as the next version of `name`."""
+        if arch not in ARCHITECTURES:
+            raise RegistryError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+        version = (self.versions(name) or [0])[-1] + 1
+        parts = self._dir(name, version)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        with self.storage.open_output(*parts, "model.safetensors") as out:
+            out.write(save_safetensors(tensors))
+        meta = {"name": name, "version": version, "created_at": time.time(),
+                "architecture": {"name": arch, "params": arch_params},
+                "artifact_uri": self.storage.uri(*parts, "model.safetensors"), **metadata}
+        self.storage.write_json(meta, *parts, "metadata.json")
+        return ModelVersion(name, version, self.storage.uri(*parts), meta)
+
+    def _aliases(self, name: str) -> dict[str, Any]:
+        if not self.storage.exists("models", name, "aliases.json"):
+            return {"aliases": {}, "history": []}
+        return self.storage.read_json("models", name, "aliases.json")
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Current aliases of `name`: alias -> version."""
+        return dict(self._aliases(name)["aliases"])
+
+    def get(self, name: str, ref: str | int = "champion") -> ModelVersion:
+        """A version by number or alias."""
+        known = self.versions(name)
+        if not known:
+            raise RegistryError(f"no model named {name!r} under {self.storage.uri('models')}")
+        if isinstance(ref, int) or str(ref).isdigit():
+            version = int(ref)
+        else:
+            aliases = self.aliases(name)
+            if ref not in aliases:
+                raise RegistryError(f"{name} has no alias {ref!r}; aliases: {aliases}")
+            version = aliases[ref]
+        if version not in known:
+            raise RegistryError(f"{name} has no version {version}; versions: {known}")
+        parts = self._dir(name, version)
+        return ModelVersion(name, version, self.storage.uri(*parts),
+                            self.storage.read_json(*parts, "metadata.json"))
+
+    def set_alias(self, name: str, alias: str, version: int, reason: str = "") -> None:
+        """Point `alias` at `version`, recording the move."""
+        self.get(name, version)
+        doc = self._aliases(name)
+        doc["history"].append({"alias": alias, "version": version,
+                               "previous": doc["aliases"].get(alias), "at": time.time(),
+                               "reason": reason})
+        doc["aliases"][alias] = version
+        self.storage.write_json(doc, "models", name, "aliases.json")
+
+    def rollback(self, name: str, alias: str = "champion") -> int:
+        """Move `alias` back to the version it pointed at before its current one."""
+        current = self.aliases(name).get(alias)
+        previous = [h["version"] for h in self._aliases(name)["history"]
+                    if h["alias"] == alias and h["version"] != current]
+        if current is None or not previous:
+            raise RegistryError(f"{name}:{alias} has no earlier version to roll back to")
+        self.set_alias(name, alias, previous[-1], reason="rollback")
+        return previous[-1]
+
+    def load(self, name: str, ref: str | int = "champion") -> tuple[torch.nn.Module, ModelVersion]:
+        """Rebuild the model of a version from its architecture and weights, in eval mode."""
+        mv = self.get(name, ref)
+        arch = mv.metadata["architecture"]
+        if arch["name"] not in ARCHITECTURES:
+            raise RegistryError(f"{name} v{mv.version} needs architecture {arch['name']!r}, "
+                                f"which is not imported; known: {sorted(ARCHITECTURES)}")
+        model = ARCHITECTURES[arch["name"]](**arch["params"])
+        weights = self.storage.read_bytes(*self._dir(name, mv.version), "model.safetensors")
+        model.load_state_dict(load_safetensors(weights))
+        return model.eval(), mv
