@@ -10,7 +10,7 @@ mix, a feature's distribution (device mix of traffic, dwell time) or the click r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -115,8 +115,8 @@ def _articles(cfg: GeneratorConfig, rng: np.random.Generator) -> pd.DataFrame:
                            p=_weights(TOPICS, cfg.topic_weights, "topic_weights"))
     if cfg.drift and cfg.drift.topic_weights:
         late = published >= pd.Timestamp(cfg.drift.start, tz="UTC")
-        topic_idx[late] = rng.choice(len(TOPICS), size=int(late.sum()),
-                                     p=_weights(TOPICS, cfg.drift.topic_weights, "drift.topic_weights"))
+        late_weights = _weights(TOPICS, cfg.drift.topic_weights, "drift.topic_weights")
+        topic_idx[late] = rng.choice(len(TOPICS), size=int(late.sum()), p=late_weights)
     titles, bodies = [], []
     for t in topic_idx:
         topic = TOPICS[t]

@@ -125,7 +125,8 @@ def parse_jsonl(data: bytes, source: str, names: list[str]) -> pd.DataFrame:
 def _validate_files(batch: pd.DataFrame, schema: DatasetSchema, fmt: str) -> pa.Table:
     names = [c.name for c in schema.columns]
     parse = parse_csv if fmt == "csv" else parse_jsonl
-    frames = [parse(data, path, names) for data, path in zip(batch["bytes"], batch["path"])]
+    frames = [parse(data, path, names)
+              for data, path in zip(batch["bytes"], batch["path"], strict=True)]
     return _validate_rows(pd.concat(frames, ignore_index=True), schema)
 
 

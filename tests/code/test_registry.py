@@ -1,0 +1,52 @@
+"""The model registry: versions with lineage, aliases, rollback, loading without pickles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slipway.registry import Registry, RegistryError, architecture
+from slipway.storage import Storage
+
+
+@architecture("TinyNet")
+class TinyNet(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(width, 1)
+
+
+def test_register_load_alias_and_rollback(tmp_path):
+    reg = Registry(Storage(str(tmp_path)))
+    nets = [TinyNet(3) for _ in range(3)]
+    for i, net in enumerate(nets):
+        mv = reg.register("clicks", net.state_dict(), "TinyNet", {"width": 3},
+                          metrics={"auc": 0.6 + i / 10}, parent_run=f"train-{i}")
+        assert mv.version == i + 1
+    assert reg.versions("clicks") == [1, 2, 3]
+    reg.set_alias("clicks", "champion", 1)
+    reg.set_alias("clicks", "champion", 3)
+    model, mv = reg.load("clicks", "champion")
+    assert mv.version == 3 and mv.metadata["parent_run"] == "train-2"
+    assert mv.metrics["auc"] == pytest.approx(0.8)
+    assert torch.equal(model.layer.weight, nets[2].layer.weight)
+    assert not model.training
+    assert reg.rollback("clicks") == 1
+    assert reg.get("clicks", "champion").version == 1
+    assert reg.get("clicks", 2).version == 2
+
+
+def test_clear_errors_for_missing_things(tmp_path):
+    reg = Registry(Storage(str(tmp_path)))
+    with pytest.raises(RegistryError, match="no model named 'nope'"):
+        reg.get("nope")
+    reg.register("m", TinyNet(2).state_dict(), "TinyNet", {"width": 2})
+    with pytest.raises(RegistryError, match="no alias 'champion'"):
+        reg.get("m", "champion")
+    with pytest.raises(RegistryError, match="no version 9"):
+        reg.get("m", 9)
+    with pytest.raises(RegistryError, match="unknown architecture"):
+        reg.register("m", {}, "Pickled", {})
+    reg.set_alias("m", "champion", 1)
+    with pytest.raises(RegistryError, match="no earlier version"):
+        reg.rollback("m")
