@@ -56,6 +56,7 @@ class JobRun:
     job: str
     run_id: str
     wandb_run: Any
+    git_sha: str
     metrics: dict[str, Any] = field(default_factory=dict)
     data_versions: dict[str, str] = field(default_factory=dict)
 
@@ -94,7 +95,7 @@ def track_run(job: str, cfg: JobConfig, storage: Storage) -> Iterator[JobRun]:
             dir=wandb_dir(storage),
             config={**cfg.model_dump(mode="json"), "git_sha": sha},
         )
-    run = JobRun(job=job, run_id=run_id, wandb_run=wandb_run)
+    run = JobRun(job=job, run_id=run_id, wandb_run=wandb_run, git_sha=sha)
     status = "failed"
     started = time.time()
     try:

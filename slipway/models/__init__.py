@@ -1,0 +1,1 @@
+"""Model architectures and their preprocessing; each is loadable from the registry."""

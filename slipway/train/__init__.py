@@ -1,0 +1,1 @@
+"""Distributed training with Ray Train."""
