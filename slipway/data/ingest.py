@@ -172,8 +172,12 @@ def _reason_counts(quarantined: ray.data.Dataset) -> dict[str, int]:
     for batch in quarantined.select_columns([REASON]).iter_batches(batch_format="pyarrow"):
         for reason in batch.column(REASON).to_pylist():
             for part in reason.split("; "):
-                key = part.split(":", 1)[0] if not part.startswith("malformed") else "malformed"
-                key = "invalid JSON" if part.startswith(("invalid JSON", "line ")) else key
+                if part.startswith("malformed CSV row"):
+                    key = "malformed CSV row"
+                elif part.startswith(("invalid JSON", "line ")):
+                    key = "invalid JSON"
+                else:
+                    key = part.split(":", 1)[0]
                 counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 

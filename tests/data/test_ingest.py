@@ -57,6 +57,8 @@ def test_csv_bad_values_and_malformed_lines_are_quarantined_with_reasons(root):
                                    "max_quarantine_share": 1.0}})
     result = ingest(cfg)["events"]
     assert (result.read, result.accepted, result.quarantined) == (7, 3, 4)
+    assert result.reasons == {"user_id": 1, "event_timestamp": 1, "clicked": 1,
+                              "dwell_seconds": 1, "malformed CSV row": 1}
     curated = pd.read_parquet(f"{root}/curated/events").sort_values("event_id")
     assert curated["event_id"].tolist() == [1, 6, 7]
     assert curated["user_id"].dtype == "int64" and curated["clicked"].tolist() == [True, True,
