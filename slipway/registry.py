@@ -64,6 +64,12 @@ class Registry:
     def _dir(self, name: str, version: int) -> tuple[str, ...]:
         return ("models", name, "versions", f"{version:04d}")
 
+    def write_file(self, name: str, version: int, data: bytes, *parts: str) -> str:
+        """Store a file (an evaluation report, a plot) beside a version; return its URI."""
+        with self.storage.open_output(*self._dir(name, version), *parts) as out:
+            out.write(data)
+        return self.storage.uri(*self._dir(name, version), *parts)
+
     def versions(self, name: str) -> list[int]:
         """Registered version numbers of `name`, ascending."""
         files = self.storage.list_files("models", name, "versions")

@@ -40,8 +40,13 @@ def train_config(root: str, *extra: str) -> TrainConfig:
                                            "max_examples=1200", "model.epochs=3", *extra])
 
 
-def test_two_worker_run_reports_metrics_checkpoints_and_registers(feature_root):
-    result = train_job(train_config(feature_root, "model_name=clicks"))
+@pytest.fixture(scope="module")
+def trained(feature_root):
+    return train_job(train_config(feature_root, "model_name=clicks"))
+
+
+def test_two_worker_run_reports_metrics_checkpoints_and_registers(feature_root, trained):
+    result = trained
     history = result.history
     assert history["epoch"].tolist() == [0, 1, 2]
     assert history["train_samples"].iloc[0] == pytest.approx(1200 * 0.7 / 2, abs=2)
@@ -74,3 +79,35 @@ def test_worker_failure_is_survived_by_resuming_from_checkpoint(feature_root):
     # trained once, not again from scratch.
     assert sorted(result.history["epoch"].tolist()) == [0, 1, 2]
     assert Registry(Storage(feature_root)).get("drill", "challenger").version == 1
+
+
+def test_evaluation_on_held_out_split_writes_report_and_plots(feature_root, trained):
+    from jobs.evaluate import EvaluateConfig
+    from jobs.evaluate import main as evaluate_job
+
+    cfg = load_config(EvaluateConfig, None, [f"storage.root={feature_root}",
+                                             "tracking.mode=disabled", "model_name=clicks"])
+    ev = evaluate_job(cfg)
+    assert ev.version.version == trained.version.version
+    assert set(ev.metrics) >= {"accuracy", "precision", "recall", "macro_f1", "roc_auc",
+                               "log_loss", "ece"}
+    assert 0 <= ev.metrics["ece"] <= 1 and ev.against is None
+    slices = {s["slice"] for s in ev.slices}
+    assert {"user_device=mobile", "article_topic=science"} <= slices
+    folder = os.path.dirname(ev.report_uri)
+    assert sorted(os.listdir(folder)) == ["confusion.png", "reliability.png", "report.json"]
+
+
+def test_promotion_gate_accepts_then_refuses_without_margin(feature_root, trained):
+    from jobs.promote import PromoteConfig
+    from jobs.promote import main as promote_job
+    from slipway.cli import JobFailed
+
+    common = [f"storage.root={feature_root}", "tracking.mode=disabled", "model_name=clicks"]
+    assert promote_job(load_config(PromoteConfig, None, [*common, "min_value=0.0"])) == 1
+    registry = Registry(Storage(feature_root))
+    assert registry.aliases("clicks")["champion"] == 1
+    # The same version again cannot beat itself by the margin: refused, champion unchanged.
+    with pytest.raises(JobFailed, match="not promoted: challenger v1 roc_auc .* vs champion v1"):
+        promote_job(load_config(PromoteConfig, None, common))
+    assert registry.aliases("clicks")["champion"] == 1
