@@ -2,6 +2,10 @@
 
 Offline store: Feast's Ray offline store over the Parquet feature tables (or Feast's file store).
 Online store: SQLite under the storage root by default, Redis in production.
+
+Materialization uses Feast's local engine, reading through the Ray offline store: with Feast
+0.67's Ray compute engine (`batch_engine: ray.engine`) a materialized view read back as empty
+(None) from the online store where the local engine returns its values.
 """
 
 from __future__ import annotations
