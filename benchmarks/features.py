@@ -15,7 +15,6 @@ import argparse
 import concurrent.futures as cf
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import env_info, median_seconds, percentile, write_results
+from benchmarks.common import (
+    env_info,
+    median_seconds,
+    percentile,
+    start_redis,
+    write_results,
+)
 from slipway.data.generate import GeneratorConfig, generate, public
 from slipway.features.compute import DAY_US, EVENT_COLUMNS, KIND_CODES, KINDS, windowed_features
 
@@ -118,16 +123,13 @@ def online_latency(work: Path, lookups_per_client: int = 40) -> dict:
     generate_job(load_config(GenerateConfig, "configs/generate.yaml",
                              [*common, "generator.num_events=50000"]))
     ingest_job(load_config(IngestConfig, "configs/ingest.yaml", common))
-    port = 6390 + os.getpid() % 1000
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis, redis_url = start_redis()
     p50: dict = {}
     p99: dict = {}
     try:
-        time.sleep(0.5)
         stores = {"sqlite": [], "redis": ["feature_store.online_store.type=redis",
-                                          f"feature_store.online_store.connection_string="
-                                          f"127.0.0.1:{port}"]}
+                                          "feature_store.online_store.connection_string="
+                                          + redis_url]}
         rng = np.random.default_rng(0)
         for name, extra in stores.items():
             cfg = load_config(FeaturesConfig, "configs/features.yaml", [*common, *extra])

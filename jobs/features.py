@@ -84,7 +84,7 @@ def _curated(storage: Storage, name: str) -> ray.data.Dataset:
 def main(cfg: FeaturesConfig) -> FeaturesResult:
     """Compute every feature view, write the offline tables, apply Feast and materialize."""
     storage = Storage(cfg.storage.root)
-    init_ray(cfg.ray, "features")
+    init_ray(cfg.ray)
     partitions = cfg.partitions or default_partitions()
     with track_run("features", cfg, storage) as run:
         for name in ("events", "articles", "users"):

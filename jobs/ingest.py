@@ -28,7 +28,7 @@ class IngestConfig(JobConfig):
 def main(cfg: IngestConfig) -> dict[str, IngestResult]:
     """Ingest every configured dataset and print a summary; fail on too many bad rows."""
     storage = Storage(cfg.storage.root)
-    init_ray(cfg.ray, "ingest")
+    init_ray(cfg.ray)
     results: dict[str, IngestResult] = {}
     with track_run("ingest", cfg, storage) as run:
         for name, spec in cfg.datasets.items():

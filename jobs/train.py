@@ -115,7 +115,7 @@ def to_dataset(x: np.ndarray, y: np.ndarray) -> ray.data.Dataset:
 def main(cfg: TrainConfig) -> TrainResult:
     """Build examples, train with Ray Train, register the model as `challenger`."""
     storage = Storage(cfg.storage.root)
-    init_ray(cfg.ray, "train")
+    init_ray(cfg.ray)
     registry = Registry(storage)
     with track_run("train", cfg, storage) as run:
         for view in VIEW_FIELDS:

@@ -25,19 +25,18 @@ def runtime_env() -> dict:
     return {"env_vars": env}
 
 
-def init_ray(cfg: RayConfig, job_name: str | None = None) -> None:
-    """Start or join Ray once per process, named for the dashboard, with the project's env."""
+def init_ray(cfg: RayConfig) -> None:
+    """Start or join Ray once per process, in the `slipway` namespace, with the project's env."""
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         kwargs: dict = {
             "runtime_env": runtime_env(),
             "logging_level": logging.WARNING,
             "log_to_driver": True,
+            "namespace": "slipway",
         }
         if address is None:
             kwargs["num_cpus"] = cfg.num_cpus
-        if job_name:
-            kwargs["namespace"] = "slipway"
         ray.init(address=address, **kwargs)
     context = DataContext.get_current()
     context.enable_progress_bars = os.environ.get("SLIPWAY_PROGRESS", "1") == "1"

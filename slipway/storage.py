@@ -82,9 +82,12 @@ class Storage:
         return json.loads(self.read_bytes(*parts).decode())
 
     def list_files(self, *parts: str) -> list[str]:
-        """URIs of all files below a folder, sorted; [] when it does not exist."""
-        if not self.exists(*parts):
+        """URIs of all files below a folder (or the file itself), sorted; [] when missing."""
+        kind = self.fs.get_file_info(self._path(*parts)).type
+        if kind == pafs.FileType.NotFound:
             return []
+        if kind == pafs.FileType.File:
+            return [self.uri(*parts)]
         infos = self.fs.get_file_info(pafs.FileSelector(self._path(*parts), recursive=True))
         prefix = self._base.rstrip("/")
         return sorted(

@@ -142,29 +142,19 @@ def _validate_rows(rows: pd.DataFrame, schema: DatasetSchema) -> pa.Table:
 
 def read_validated(spec: IngestSpec, uri: str) -> ray.data.Dataset:
     """Ray Dataset of every row read from `uri`, typed, with `_reason` set on invalid rows."""
-    fmt = spec.format or detect_format(spec, _list(uri))
+    files = Storage(uri).list_files()
+    if not files:
+        raise FileNotFoundError(f"no files at {uri}; check the dataset's path")
+    fmt = spec.format or detect_format(spec, files)
     schema = DatasetSchema(columns=spec.columns)
     if fmt == "parquet":
-        ds = ray.data.read_parquet(uri, include_paths=True)
+        ds = ray.data.read_parquet(files, include_paths=True)
         return ds.map_batches(
             lambda b: _validate_rows(b.rename(columns={"path": SOURCE}), schema),
             batch_format="pandas", batch_size=None)
-    ds = ray.data.read_binary_files(uri, include_paths=True)
+    ds = ray.data.read_binary_files(files, include_paths=True)
     return ds.map_batches(lambda b: _validate_files(b, schema, fmt), batch_format="pandas",
                           batch_size=1)
-
-
-def _list(uri: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        return [path]
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no files at {uri}; check the dataset's path")
-    return [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            if i.type == pafs.FileType.File]
 
 
 def _reason_counts(quarantined: ray.data.Dataset) -> dict[str, int]:

@@ -68,7 +68,7 @@ def windowed_features(partials: pa.Table, kind: str, last_day: int) -> pa.Table:
     key = KINDS[kind]
     rows = partials.filter(pc.equal(partials["kind"], KIND_CODES[kind]))
     if rows.num_rows == 0:
-        return _empty(kind)
+        return window_schema(kind).empty_table()
     ids, inverse = np.unique(rows["entity_id"].to_numpy(), return_inverse=True)
     day = rows["day"].to_numpy()
     first = int(day.min())
@@ -113,16 +113,17 @@ def windowed_features(partials: pa.Table, kind: str, last_day: int) -> pa.Table:
             np.divide(dw, clk, out=np.zeros_like(dw), where=clk > 0), pa.float64())
     columns[f"{kind}_days_since_last_event"] = pa.array(
         (snapshot_us - last[keep]) / DAY_US, pa.float64())
-    return pa.table(columns)
+    return pa.table(columns, schema=window_schema(kind))
 
 
-def _empty(kind: str) -> pa.Table:
+def window_schema(kind: str) -> pa.Schema:
+    """Columns of the daily window features of one kind of entity."""
     fields = [(KINDS[kind], pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
     for w in WINDOWS:
         fields += [(f"{kind}_impressions_{w}d", pa.int64()), (f"{kind}_clicks_{w}d", pa.int64()),
                    (f"{kind}_ctr_{w}d", pa.float64()), (f"{kind}_dwell_mean_{w}d", pa.float64())]
     fields.append((f"{kind}_days_since_last_event", pa.float64()))
-    return pa.schema(fields).empty_table()
+    return pa.schema(fields)
 
 
 def _window_part(batch: pa.Table, partial_refs: list, kind: str) -> pa.Table:

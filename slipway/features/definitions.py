@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pyarrow as pa
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
 
-from slipway.features.compute import WINDOWS
+from slipway.features.compute import KINDS, window_schema
 from slipway.storage import Storage
 
 USER = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
@@ -26,13 +27,10 @@ SNAPSHOT_TTL = timedelta(days=2)
 
 
 def _window_fields(kind: str) -> list[Field]:
-    fields = []
-    for w in WINDOWS:
-        fields += [Field(name=f"{kind}_impressions_{w}d", dtype=Int64),
-                   Field(name=f"{kind}_clicks_{w}d", dtype=Int64),
-                   Field(name=f"{kind}_ctr_{w}d", dtype=Float64),
-                   Field(name=f"{kind}_dwell_mean_{w}d", dtype=Float64)]
-    return [*fields, Field(name=f"{kind}_days_since_last_event", dtype=Float64)]
+    """Feast fields of the window features that `compute.windowed_features` writes."""
+    types = {pa.int64(): Int64, pa.float64(): Float64}
+    return [Field(name=f.name, dtype=types[f.type]) for f in window_schema(kind)
+            if f.name not in (KINDS[kind], "event_timestamp")]
 
 
 VIEW_FIELDS: dict[str, tuple[Entity, timedelta, list[Field]]] = {
