@@ -13,8 +13,10 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)-$(shell echo $(CURDIR) | sha256sum | cu
 # Local runs: no Ray token auth on a laptop-local Ray; W&B offline unless WANDB_API_KEY is set.
 export RAY_AUTH_MODE ?= disabled
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
+# Models load from local paths or shipped packages only; a hub id works when you unset this.
+export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint redis bench-features clean
+.PHONY: setup demo test lint redis bench-features bench-train clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +33,15 @@ demo: setup
 	$(BIN)/python -m jobs.generate --config configs/generate.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m jobs.ingest --config configs/ingest.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m jobs.features --config configs/features.yaml --set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.train --config configs/train_engagement.yaml --set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.tune --config configs/tune_engagement.yaml --set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.evaluate --set storage.root=$(ROOT) --set model_name=engagement
+	$(BIN)/python -m jobs.promote --config configs/promote_engagement.yaml \
+		--set storage.root=$(ROOT) || echo "engagement: challenger not promoted (reason above)"
+	$(BIN)/python -m jobs.train --config configs/train_text.yaml --set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.promote --config configs/promote_text.yaml \
+		--set storage.root=$(ROOT) || echo "article_topic: challenger not promoted (reason above)"
+	$(BIN)/python -m jobs.models --set storage.root=$(ROOT)
 
 test: setup redis
 	$(BIN)/ruff check .
@@ -41,6 +52,9 @@ lint: setup
 
 bench-features: setup redis
 	$(BIN)/python -m benchmarks.features
+
+bench-train: setup
+	$(BIN)/python -m benchmarks.train
 
 clean:
 	rm -rf $(ROOT)

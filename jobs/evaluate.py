@@ -1,9 +1,11 @@
-"""Evaluate a registered engagement model on the held-out split that no training step saw.
+"""Evaluate a registered model on the held-out split that no training or tuning step saw.
 
 Reports accuracy, precision, recall, macro-F1, ROC-AUC, log-loss and ECE overall and per slice
-(country, device, topic) with underperforming slices flagged, plus a reliability diagram and a
-confusion matrix. Results land beside the model version (`evaluation/<split-run>/`) and in W&B.
-With `against` set (e.g. `champion`), that version is scored on the same rows too.
+(engagement: country, device, topic; text: class and text length) with underperforming slices
+flagged, a reliability diagram and a confusion matrix, and for text classifiers the behavioural
+checks of `behaviour_checks` (a YAML file) with pass/fail per case. Results land beside the model
+version (`evaluation/<split-run>/`) and in W&B. With `against` set (e.g. `champion`), that
+version is scored on the same rows too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
+from slipway.behaviour import load_checks, run_checks
 from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig
 from slipway.evaluation import (
@@ -27,7 +30,7 @@ from slipway.evaluation import (
     plot_reliability,
     slice_metrics,
 )
-from slipway.models.engagement import Preprocessor
+from slipway.models.scoring import TASK_SLICE_METRIC, TASK_SLICES, predict_labels, predict_proba
 from slipway.registry import ModelVersion, Registry, RegistryError
 from slipway.storage import Storage
 from slipway.tracking import track_run
@@ -39,11 +42,12 @@ class EvaluateConfig(JobConfig):
     model_name: str = "engagement"
     ref: str = "challenger"
     against: str | None = "champion"
-    slices: list[str] = Field(default_factory=lambda: ["user_country", "user_device",
-                                                       "article_topic"])
-    slice_metric: str = "roc_auc"
+    slices: list[str] | None = Field(default=None, description="None: the task's slices")
+    slice_metric: str | None = Field(default=None, description="None: the task's metric")
     slice_tolerance: float = Field(default=0.05, ge=0)
     min_slice_size: int = Field(default=30, ge=1)
+    behaviour_checks: str | None = Field(default=None,
+                                         description="YAML file of behavioural checks (text)")
 
 
 @dataclass
@@ -54,17 +58,15 @@ class Evaluation:
     metrics: dict[str, float]
     slices: list[dict]
     against: dict[str, float] | None
+    behaviour: dict | None
     report_uri: str
 
 
 def score(registry: Registry, name: str, ref: str | int, rows: pd.DataFrame
-          ) -> tuple[np.ndarray, ModelVersion]:
-    """Click probabilities of a registered version for feature rows."""
+          ) -> tuple[np.ndarray, ModelVersion, torch.nn.Module]:
+    """Probabilities of a registered version for held-out rows, with the version and model."""
     model, mv = registry.load(name, ref)
-    prep = Preprocessor(**mv.metadata["preprocessing"])
-    with torch.no_grad():
-        logits = model(torch.from_numpy(prep.transform(rows)))
-    return torch.sigmoid(logits).numpy(), mv
+    return predict_proba(model, mv, rows), mv, model
 
 
 def main(cfg: EvaluateConfig) -> Evaluation:
@@ -76,27 +78,38 @@ def main(cfg: EvaluateConfig) -> Evaluation:
             mv = registry.get(cfg.model_name, cfg.ref)
         except RegistryError as exc:
             raise JobFailed(f"{exc}; train one with `python -m jobs.train`") from None
+        task, labels = mv.metadata["task"], mv.metadata["labels"]
         test = pd.read_parquet(f"{mv.metadata['splits_uri']}/test.parquet")
         y = test["label"].to_numpy()
-        proba, _ = score(registry, cfg.model_name, mv.version, test)
+        proba, _, model = score(registry, cfg.model_name, mv.version, test)
         metrics = classification_metrics(y, proba)
-        slices = slice_metrics(test, y, proba, cfg.slices, cfg.slice_metric,
+        slices = slice_metrics(test, y, proba, cfg.slices or TASK_SLICES[task],
+                               cfg.slice_metric or TASK_SLICE_METRIC[task],
                                cfg.min_slice_size, cfg.slice_tolerance)
+        behaviour = None
+        if cfg.behaviour_checks:
+            if task != "text":
+                raise JobFailed(f"behaviour_checks apply to text classifiers; {cfg.model_name} "
+                                f"is a {task} model: remove behaviour_checks")
+            behaviour = run_checks(load_checks(cfg.behaviour_checks), lambda texts: predict_labels(
+                predict_proba(model, mv, pd.DataFrame({"text": texts})), labels))
+            run.log({f"behaviour/{k}": v for k, v in behaviour["pass_rates"].items()})
         against = None
         if cfg.against and cfg.against in registry.aliases(cfg.model_name):
-            other, other_mv = score(registry, cfg.model_name, cfg.against, test)
+            other, other_mv, _ = score(registry, cfg.model_name, cfg.against, test)
             against = {"version": other_mv.version, **classification_metrics(y, other)}
         split = mv.metadata["splits_uri"].rstrip("/").rsplit("/", 1)[-1]
         folder = ("evaluation", split)
         report = {"model": cfg.model_name, "version": mv.version, "rows": len(test),
                   "metrics": metrics, "slices": slices, "against": against,
+                  "behaviour": behaviour,
                   "flagged_slices": [s["slice"] for s in slices if s["flagged"]]}
         uri = registry.write_file(cfg.model_name, mv.version,
                                   json.dumps(report, indent=2).encode(), *folder, "report.json")
         with tempfile.TemporaryDirectory() as tmp:
             plot_reliability(calibration_table(y, proba)[0], f"{tmp}/reliability.png")
-            plot_confusion(y, (proba > 0.5).astype(int), ["no click", "click"],
-                           f"{tmp}/confusion.png")
+            pred = (proba > 0.5).astype(int) if proba.ndim == 1 else proba.argmax(axis=1)
+            plot_confusion(y, pred, labels, f"{tmp}/confusion.png")
             for png in ("reliability.png", "confusion.png"):
                 with open(f"{tmp}/{png}", "rb") as f:
                     registry.write_file(cfg.model_name, mv.version, f.read(), *folder, png)
@@ -118,9 +131,15 @@ def main(cfg: EvaluateConfig) -> Evaluation:
         print(f"  {cfg.against} v{against['version']} on the same rows: roc_auc "
               f"{against['roc_auc']:.3f}, log_loss {against['log_loss']:.3f}")
     print(buf.getvalue())
+    if behaviour:
+        failed = [c for c in behaviour["cases"] if not c["passed"]]
+        print("behavioural checks " + ("passed" if behaviour["passed"] else "FAILED") + ": "
+              + ", ".join(f"{k} {v:.0%}" for k, v in behaviour["pass_rates"].items())
+              + "".join(f"\n  failed {c['kind']}: {c['text']!r} -> {c['got']} "
+                        f"(expected {c['expected']})" for c in failed[:10]))
     print(f"report: {uri}")
     return Evaluation(version=mv, metrics=metrics, slices=slices, against=against,
-                      report_uri=uri)
+                      behaviour=behaviour, report_uri=uri)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Promote the challenger to champion if it beats the champion on the same held-out rows.
 
 The gate scores both versions on the challenger's held-out split: the challenger must beat the
-champion on `metric` by at least `margin` (with no champion yet, reach `min_value`). Otherwise
-the job says why and exits non-zero. `--set rollback=true` moves `champion` back to the version
+champion on `metric` by at least `margin` (with no champion yet, reach `min_value`) and, for a
+text classifier with `behaviour_checks`, pass its behavioural checks. Otherwise the job says why
+and exits non-zero. `--set rollback=true` moves `champion` back to the version
 it pointed at before.
 """
 
@@ -27,6 +28,8 @@ class PromoteConfig(JobConfig):
     higher_is_better: bool = True
     margin: float = Field(default=0.005, ge=0)
     min_value: float | None = Field(default=0.55, description="floor when there is no champion")
+    behaviour_checks: str | None = Field(default=None,
+                                         description="YAML file of behavioural checks (text)")
     rollback: bool = False
 
 
@@ -45,7 +48,7 @@ def main(cfg: PromoteConfig) -> int:
             return version
         ev = evaluate(EvaluateConfig(storage=cfg.storage, tracking=cfg.tracking,
                                      model_name=cfg.model_name, ref="challenger",
-                                     against="champion"))
+                                     against="champion", behaviour_checks=cfg.behaviour_checks))
         sign = 1 if cfg.higher_is_better else -1
         new = ev.metrics[cfg.metric]
         if ev.against is None:
@@ -59,6 +62,11 @@ def main(cfg: PromoteConfig) -> int:
             why = (f"challenger v{ev.version.version} {cfg.metric} {new:.4f} vs champion "
                    f"v{ev.against['version']} {old:.4f} on the same held-out "
                    f"rows; required margin {cfg.margin}")
+        if ev.behaviour is not None and not ev.behaviour["passed"]:
+            passed = False
+            why += ("; behavioural checks failed: " + ", ".join(
+                f"{k} {v:.0%}" for k, v in ev.behaviour["pass_rates"].items())
+                + f" < {ev.behaviour['min_pass_rate']:.0%}")
         run.log({"passed": int(passed), f"challenger_{cfg.metric}": new})
         if not passed:
             raise JobFailed(f"{cfg.model_name} not promoted: {why}")

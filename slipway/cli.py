@@ -31,6 +31,9 @@ def run_job(model: type[C], main: Callable[[C], object], description: str,
         sys.exit(2)
     try:
         main(cfg)
+    except ConfigError as exc:  # a file the config names (e.g. behaviour checks) is invalid
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

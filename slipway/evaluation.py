@@ -20,6 +20,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=float)
     full = np.stack([1 - proba, proba], axis=1) if proba.ndim == 1 else proba
+    full = full / full.sum(axis=1, keepdims=True)  # float32 softmax sums drift from 1
     pred = full.argmax(axis=1)
     labels = np.arange(full.shape[1])
     average = "binary" if full.shape[1] == 2 else "macro"

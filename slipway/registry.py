@@ -148,5 +148,11 @@ class Registry:
                                 f"which is not imported; known: {sorted(ARCHITECTURES)}")
         model = ARCHITECTURES[arch["name"]](**arch["params"])
         weights = self.storage.read_bytes(*self._dir(name, mv.version), "model.safetensors")
-        model.load_state_dict(load_safetensors(weights))
+        missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=False)
+        # Frozen pretrained parts (e.g. a text encoder) are loaded by the model, not stored.
+        pretrained = tuple(getattr(model, "pretrained_prefixes", ()))
+        missing = [k for k in missing if not (pretrained and k.startswith(pretrained))]
+        if missing or unexpected:
+            raise RegistryError(f"{name} v{mv.version}: weights do not fit {arch['name']}: "
+                                f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model.eval(), mv

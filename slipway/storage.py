@@ -95,13 +95,15 @@ class Storage:
         )
 
     def version(self, *parts: str) -> str:
-        """Content version of a folder: a hash of its files' names, sizes and modification times."""
+        """Content version of a file or folder: a hash of its files' names, sizes and mtimes."""
         digest = hashlib.sha256()
         base = self._path(*parts)
-        if self.exists(*parts):
+        info = self.fs.get_file_info(base)
+        infos = [info] if info.type == pafs.FileType.File else []
+        if info.type == pafs.FileType.Directory:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            for info in sorted(infos, key=lambda i: i.path):
-                if info.type == pafs.FileType.File:
-                    stamp = info.mtime_ns if info.mtime_ns is not None else ""
-                    digest.update(f"{info.path[len(base):]}:{info.size}:{stamp}\n".encode())
+        for info in sorted(infos, key=lambda i: i.path):
+            if info.type == pafs.FileType.File:
+                stamp = info.mtime_ns if info.mtime_ns is not None else ""
+                digest.update(f"{info.path[len(base):]}:{info.size}:{stamp}\n".encode())
         return digest.hexdigest()[:16]

@@ -74,18 +74,36 @@ class JobRun:
                                          allow_val_change=True)
 
 
+def worker_wandb(cfg: JobConfig, storage: Storage, job: str, run_id: str,
+                 group: str | None = None, **extra_config: Any) -> dict | None:
+    """`wandb.init` arguments for a run opened by a Ray Train worker (rank 0); None if disabled.
+
+    Training jobs log from rank 0, live, rather than from the driver: the run gets the job's
+    config, git sha and data versions here, and per-epoch metrics from the training loop.
+    """
+    mode = wandb_mode(cfg.tracking)
+    if mode == "disabled":
+        return None
+    return {"project": cfg.tracking.project, "entity": cfg.tracking.entity, "job_type": job,
+            "id": run_id, "name": run_id, "group": group, "mode": mode,
+            "dir": wandb_dir(storage),
+            "config": {**cfg.model_dump(mode="json"), "git_sha": git_sha(), **extra_config}}
+
+
 @contextmanager
-def track_run(job: str, cfg: JobConfig, storage: Storage) -> Iterator[JobRun]:
-    """Open a W&B run for `job` with its config and git sha; write the manifest when it ends."""
+def track_run(job: str, cfg: JobConfig, storage: Storage, wandb_run: bool = True
+              ) -> Iterator[JobRun]:
+    """Open a W&B run for `job` with its config and git sha (unless `wandb_run` is false, for
+    jobs whose workers open it); write the manifest when the job ends."""
     import wandb
 
-    mode = wandb_mode(cfg.tracking)
+    mode = wandb_mode(cfg.tracking) if wandb_run else "disabled"
     run_id = f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     sha = git_sha()
-    wandb_run = None
+    run_handle = None
     if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
-        wandb_run = wandb.init(
+        run_handle = wandb.init(
             project=cfg.tracking.project,
             entity=cfg.tracking.entity,
             job_type=job,
@@ -95,16 +113,16 @@ def track_run(job: str, cfg: JobConfig, storage: Storage) -> Iterator[JobRun]:
             dir=wandb_dir(storage),
             config={**cfg.model_dump(mode="json"), "git_sha": sha},
         )
-    run = JobRun(job=job, run_id=run_id, wandb_run=wandb_run, git_sha=sha)
+    run = JobRun(job=job, run_id=run_id, wandb_run=run_handle, git_sha=sha)
     status = "failed"
     started = time.time()
     try:
         yield run
         status = "succeeded"
     finally:
-        if wandb_run is not None:
-            wandb_run.summary.update(run.metrics)
-            wandb_run.finish(exit_code=0 if status == "succeeded" else 1)
+        if run_handle is not None:
+            run_handle.summary.update(run.metrics)
+            run_handle.finish(exit_code=0 if status == "succeeded" else 1)
         storage.write_json(
             {
                 "job": job,
@@ -116,7 +134,7 @@ def track_run(job: str, cfg: JobConfig, storage: Storage) -> Iterator[JobRun]:
                 "config": cfg.model_dump(mode="json"),
                 "data_versions": run.data_versions,
                 "metrics": run.metrics,
-                "wandb_mode": mode,
+                "wandb_mode": wandb_mode(cfg.tracking),
             },
             "runs",
             job,

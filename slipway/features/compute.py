@@ -5,6 +5,11 @@ impressions, clicks, smoothed click-through rate and mean dwell over the 1, 7 an
 with day D, and the days since its last event. A feature row never contains an event from after
 its timestamp, which is what makes Feast's point-in-time join leak-free.
 
+Every entity has a snapshot at midnight of the day of its first event (zero counts, no recency),
+then one per day through the last day. So every event has a snapshot of its entity at most a day
+old: no training row finds only future feature rows (Feast's file store drops such rows instead
+of returning nulls), and a cold-start entity is represented as it is served, with zero counts.
+
 The path is lean on purpose: each block of events is reduced to (entity, day) partial sums with
 Arrow's group-by (no per-row Python), the small partials are shuffled by entity, and windows are
 cumulative sums over a dense entity x day grid in NumPy.
@@ -62,8 +67,8 @@ def daily_partials(events: pa.Table, partitions: int) -> pa.Table:
 def windowed_features(partials: pa.Table, kind: str, last_day: int) -> pa.Table:
     """Daily snapshots of window features for one kind of entity from its (entity, day) sums.
 
-    Rows are emitted for each entity and day from its first event through `last_day` while it has
-    at least one impression in the longest window.
+    Rows are emitted for each entity from midnight of its first event's day (all zero) through
+    `last_day + 1`.
     """
     key = KINDS[kind]
     rows = partials.filter(pc.equal(partials["kind"], KIND_CODES[kind]))
@@ -71,7 +76,7 @@ def windowed_features(partials: pa.Table, kind: str, last_day: int) -> pa.Table:
         return window_schema(kind).empty_table()
     ids, inverse = np.unique(rows["entity_id"].to_numpy(), return_inverse=True)
     day = rows["day"].to_numpy()
-    first = int(day.min())
+    first = int(day.min()) - 1  # the grid starts a day early: the zero snapshot of day one
     width = last_day - first + 1
     size = len(ids) * width
     flat = inverse * width + (day - first)
@@ -89,14 +94,17 @@ def windowed_features(partials: pa.Table, kind: str, last_day: int) -> pa.Table:
             out[w] = total.ravel()
         return out
 
-    impressions = window_sums(dense(rows["impressions"].to_numpy().astype(np.float64)))
+    daily_impressions = dense(rows["impressions"].to_numpy().astype(np.float64))
+    impressions = window_sums(daily_impressions)
     clicks = window_sums(dense(rows["clicks"].to_numpy().astype(np.float64)))
     dwell = window_sums(dense(rows["dwell"].to_numpy()))
     last = np.full(size, -1, dtype=np.int64)
     np.maximum.at(last, flat, rows["last_us"].to_numpy())
     last = np.maximum.accumulate(last.reshape(len(ids), width), axis=1).ravel()
 
-    keep = np.flatnonzero(impressions[max(WINDOWS)] > 0)
+    # Snapshot of day D (stamped D+1) exists once the entity has an event on or before day D+1.
+    seen = np.cumsum(daily_impressions, axis=1) > 0
+    keep = np.flatnonzero(np.concatenate([seen[:, 1:], seen[:, -1:]], axis=1))
     entity_idx, day_idx = np.divmod(keep, width)
     snapshot_us = (first + day_idx + 1).astype(np.int64) * DAY_US
     columns: dict[str, pa.Array] = {
@@ -111,8 +119,9 @@ def windowed_features(partials: pa.Table, kind: str, last_day: int) -> pa.Table:
             (clk + CTR_PRIOR_CLICKS) / (imp + CTR_PRIOR_IMPRESSIONS), pa.float64())
         columns[f"{kind}_dwell_mean_{w}d"] = pa.array(
             np.divide(dw, clk, out=np.zeros_like(dw), where=clk > 0), pa.float64())
+    last_kept = last[keep]
     columns[f"{kind}_days_since_last_event"] = pa.array(
-        (snapshot_us - last[keep]) / DAY_US, pa.float64())
+        (snapshot_us - last_kept) / DAY_US, pa.float64(), mask=last_kept < 0)
     return pa.table(columns, schema=window_schema(kind))
 
 

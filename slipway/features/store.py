@@ -1,7 +1,11 @@
 """The Feast feature store: configuration, applying definitions, materializing, reading.
 
-Offline store: Feast's Ray offline store over the Parquet feature tables (or Feast's file store).
-Online store: SQLite under the storage root by default, Redis in production.
+Offline store: Feast's file offline store (dask) over the Parquet feature tables by default, or
+Feast's Ray offline store. Measured on Feast 0.67: the file store builds 20,000 training rows in
+1.5 s, equal to a pandas `merge_asof` reference; the Ray store's `merge_asof` fails ("right keys
+must be sorted") and falls back to a per-row join at ~13 ms per row, and it drops label rows that
+share an entity and timestamp. Online store: SQLite under the storage root by default, Redis in
+production.
 
 Materialization uses Feast's local engine, reading through the Ray offline store: with Feast
 0.67's Ray compute engine (`batch_engine: ray.engine`) a materialized view read back as empty
@@ -34,7 +38,7 @@ class FeatureStoreSettings(StrictModel):
     """Feast project, offline engine and online store."""
 
     project: str = Field(default="slipway", pattern=r"^[A-Za-z0-9_]+$")
-    offline_store: Literal["ray", "file"] = "ray"
+    offline_store: Literal["file", "ray"] = "file"
     online_store: OnlineStoreSettings = OnlineStoreSettings()
 
 

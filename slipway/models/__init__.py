@@ -1,1 +1,3 @@
-"""Model architectures and their preprocessing; each is loadable from the registry."""
+"""Model architectures; importing the package registers every one of them with the registry."""
+
+from slipway.models import engagement, text  # noqa: F401

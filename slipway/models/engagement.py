@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from slipway.features.definitions import VIEW_FIELDS
+from slipway.models.layers import mlp
 from slipway.registry import architecture
 
 CATEGORICAL = ("user_country", "user_device", "article_topic")
@@ -68,13 +69,7 @@ class EngagementMLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: list[int], dropout: float = 0.1) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(in_features, hidden, dropout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Click logits, shape (batch,)."""

@@ -1,40 +1,78 @@
-"""The Ray Train loop for binary classifiers over a tensor column `x` and a label column `y`.
+"""The Ray Train loop for the platform's classifiers.
 
-Runs on every worker of a `TorchTrainer`: data comes from Ray Data shards, the model is wrapped
-for DDP (gloo on CPU, NCCL on GPU), and every epoch reports metrics and a checkpoint (model and
-optimizer state, epoch) so that a replaced worker group resumes where the last one stopped.
+Runs on every worker of a `TorchTrainer`: data comes from Ray Data shards (input columns named in
+`config["inputs"]`, label column `y`), the model is wrapped for DDP (gloo on CPU, NCCL on GPU),
+and every epoch reports validation metrics gathered from all workers plus a checkpoint (model and
+optimizer state, epoch), so that a replaced worker group resumes where the last one stopped.
+Two classes train one logit with binary cross-entropy; more classes train softmax logits.
+Rank 0 logs each epoch to W&B live and, at the end, the checkpoint as an artifact.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from sklearn.metrics import roc_auc_score
+import torch.distributed as dist
+
+from slipway.evaluation import classification_metrics
 
 CHECKPOINT_FILE = "state.pt"
+VALID_METRICS = ("loss", "accuracy", "macro_f1", "roc_auc", "ece")
 
 
-def _evaluate(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.device
-              ) -> dict[str, float]:
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if logits.dim() == 1:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    return torch.nn.functional.cross_entropy(logits, y.long())
+
+
+def _proba(logits: torch.Tensor) -> np.ndarray:
+    p = torch.sigmoid(logits) if logits.dim() == 1 else torch.softmax(logits, dim=-1)
+    return p.float().cpu().numpy()
+
+
+def _gather(values: np.ndarray) -> np.ndarray:
+    """Concatenate an array from every worker (in rank order)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values)
+    return np.concatenate(parts)
+
+
+def evaluate_shard(model: torch.nn.Module, shard: Any, inputs: list[str], batch_size: int,
+                   device: torch.device) -> dict[str, float]:
+    """Validation metrics over all workers' shards: every rank gets the same numbers."""
     model.eval()
-    losses, scores, labels = [], [], []
+    scores, labels = [], []
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
-            logits = model(batch["x"])
-            y = batch["y"].float()
-            losses.append(torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, y, reduction="sum").item())
-            scores.append(torch.sigmoid(logits).cpu().numpy())
-            labels.append(y.cpu().numpy())
-    y_all, s_all = np.concatenate(labels), np.concatenate(scores)
-    auc = roc_auc_score(y_all, s_all) if 0 < y_all.sum() < len(y_all) else float("nan")
-    return {"valid_loss": float(np.sum(losses) / max(len(y_all), 1)), "valid_auc": float(auc)}
+            scores.append(_proba(model(**{k: batch[k] for k in inputs})))
+            labels.append(batch["y"].cpu().numpy())
+    y = _gather(np.concatenate(labels)) if labels else _gather(np.zeros(0, np.int64))
+    p = _gather(np.concatenate(scores)) if scores else _gather(np.zeros((0,)))
+    metrics = classification_metrics(y, p)
+    metrics["loss"] = metrics.pop("log_loss")
+    return {f"valid_{k}": metrics[k] for k in VALID_METRICS}
+
+
+def _wandb(config: dict[str, Any]) -> Any:
+    """Rank 0's W&B run (Train V2 ignores `rank_zero_only`, so the rank is checked here)."""
+    spec = config.get("wandb")
+    if not spec or ray.train.get_context().get_world_rank() != 0:
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.makedirs(spec["dir"], exist_ok=True)
+    return wandb.init(**spec, resume="allow")
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -42,49 +80,73 @@ def train_loop(config: dict[str, Any]) -> None:
     ray.train.torch.enable_reproducibility(seed=config["seed"])
     context = ray.train.get_context()
     model = config["model_cls"](**config["arch_params"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"],
-                                  weight_decay=config["weight_decay"])
+    optimizer = torch.optim.AdamW(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device,
                                weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
+        base = _unwrap(model)
+        base.load_state_dict(state["model"], strict=not hasattr(base, "trained_state"))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
 
+    run = _wandb(config)
+    inputs = config["inputs"]
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     for epoch in range(start_epoch, config["epochs"]):
         _maybe_fail(config, epoch)
         model.train()
-        total, count = 0.0, 0
+        total, count, started = 0.0, 0, time.perf_counter()
         for batch in train_shard.iter_torch_batches(batch_size=config["batch_size"],
                                                     device=device,
                                                     local_shuffle_buffer_size=4096,
                                                     local_shuffle_seed=config["seed"] + epoch):
-            logits = model(batch["x"])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits,
-                                                                        batch["y"].float())
+            logits = model(**{k: batch[k] for k in inputs})
+            loss = _loss(logits, batch["y"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(logits)
             count += len(logits)
-        metrics = {"epoch": epoch, "train_loss": total / max(count, 1),
-                   "train_samples": count, **_evaluate(model, valid_shard,
-                                                       config["batch_size"], device)}
+        seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch, "train_loss": total / max(count, 1), "train_samples": count,
+                   # shards are equal (Ray Train splits with equal=True): the global throughput
+                   "train_samples_per_s": count * context.get_world_size() / max(seconds, 1e-9),
+                   **evaluate_shard(model, valid_shard, inputs, config["batch_size"], device)}
         with tempfile.TemporaryDirectory() as folder:
-            if context.get_world_rank() == 0:
-                torch.save({"model": _unwrap(model).state_dict(),
-                            "optimizer": optimizer.state_dict(), "epoch": epoch},
-                           os.path.join(folder, CHECKPOINT_FILE))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-            else:
+            if context.get_world_rank() != 0:
                 ray.train.report(metrics)
+                continue
+            torch.save({"model": trained_state(_unwrap(model)),
+                        "optimizer": optimizer.state_dict(), "epoch": epoch},
+                       os.path.join(folder, CHECKPOINT_FILE))
+            if run is not None:
+                run.log(metrics, step=epoch)
+                if epoch == config["epochs"] - 1:
+                    _log_checkpoint(run, folder, epoch)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    if run is not None:
+        run.finish()
+
+
+def _log_checkpoint(run: Any, folder: str, epoch: int) -> None:
+    import wandb
+
+    artifact = wandb.Artifact(f"{run.id}-checkpoint", type="model",
+                              metadata={"epoch": epoch})
+    artifact.add_dir(folder)
+    run.log_artifact(artifact)
+
+
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights worth storing: all of them, or the model's `trained_state()` if it has one."""
+    return model.trained_state() if hasattr(model, "trained_state") else model.state_dict()
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

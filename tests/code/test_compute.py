@@ -52,12 +52,20 @@ def test_windows_match_direct_definition():
             assert np.isclose(row[f"user_ctr_{w}d"], (clk + 1) / (imp + 5))
         before = df[(df.user_id == row.user_id) & (df.event_timestamp < row.event_timestamp)]
         recency = (row.event_timestamp - before.event_timestamp.max()).total_seconds() / 86400
-        assert np.isclose(row.user_days_since_last_event, recency)
-    # Snapshots are stamped at midnight and only while the 30-day window has impressions.
+        assert np.isclose(row.user_days_since_last_event, recency, equal_nan=True)
+    # Snapshots are stamped at midnight, from the day of each user's first event (zero counts,
+    # no recency) through the day after the last day, one per day.
     assert (feats.event_timestamp == feats.event_timestamp.dt.normalize()).all()
-    assert (feats.user_impressions_30d > 0).all()
-    assert feats.event_timestamp.max() == pd.Timestamp(
-        (last_day + 1) * DAY_US, unit="us", tz="UTC")
+    first_event_day = df.groupby("user_id").event_timestamp.min().dt.normalize()
+    per_user = feats.groupby("user_id").event_timestamp.agg(["min", "max", "size"])
+    assert (per_user["min"] == first_event_day).all()
+    assert (per_user["max"] == pd.Timestamp((last_day + 1) * DAY_US, unit="us", tz="UTC")).all()
+    assert ((per_user["max"] - per_user["min"]).dt.days + 1 == per_user["size"]).all()
+    opening = feats[feats.event_timestamp.isin(first_event_day.to_numpy())
+                    & (feats.event_timestamp == feats.user_id.map(first_event_day))]
+    assert len(opening) == len(first_event_day)
+    assert (opening.user_impressions_30d == 0).all()
+    assert opening.user_days_since_last_event.isna().all()
 
 
 def test_article_text_statistics():

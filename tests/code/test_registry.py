@@ -50,3 +50,12 @@ def test_clear_errors_for_missing_things(tmp_path):
     reg.set_alias("m", "champion", 1)
     with pytest.raises(RegistryError, match="no earlier version"):
         reg.rollback("m")
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
+    reg = Registry(Storage(str(tmp_path)))
+    state = {**TinyNet(2).state_dict(), "extra.weight": torch.zeros(1)}
+    reg.register("m", state, "TinyNet", {"width": 2})
+    with pytest.raises(RegistryError, match=r"do not fit TinyNet: missing \[\], "
+                                            r"unexpected \['extra.weight'\]"):
+        reg.load("m", 1)

@@ -101,8 +101,10 @@ def test_point_in_time_training_set_and_incremental_online_store(root, online, r
                                            "2026-01-03 12:00", "2026-01-04 00:00"], utc=True)})
     got = training_set(store, labels).sort_values("event_timestamp").reset_index(drop=True)
     assert got["label"].tolist() == [1, 0, 1, 0]
-    # Same-day events are not visible until the day's snapshot at midnight: no leakage.
-    assert pd.isna(got.loc[0, "user_impressions_7d"])
+    # Same-day events are not visible until the day's snapshot at midnight: no leakage. The
+    # first day's row sees the user's opening snapshot: zero counts, no recency.
+    assert got.loc[0, ["user_impressions_7d", "user_clicks_1d"]].tolist() == [0, 0]
+    assert pd.isna(got.loc[0, "user_days_since_last_event"])
     assert got.loc[1, ["user_impressions_1d", "user_clicks_1d"]].tolist() == [2, 2]
     # 2026-01-03 12:00 sees the snapshot of 01-03 00:00 (through 01-02), not day 3's events.
     assert got.loc[2, ["user_impressions_1d", "user_impressions_7d"]].tolist() == [0, 2]

@@ -36,8 +36,9 @@ def feature_root(tmp_path_factory) -> str:
 
 
 def train_config(root: str, *extra: str) -> TrainConfig:
-    return load_config(TrainConfig, None, [f"storage.root={root}", "tracking.mode=disabled",
-                                           "max_examples=2500", "model.epochs=3", *extra])
+    return load_config(TrainConfig, "configs/train_engagement.yaml", [
+        f"storage.root={root}", "tracking.mode=disabled", "engagement.max_examples=2500",
+        "model.epochs=3", "trainer.keep_checkpoints=null", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_two_worker_run_reports_metrics_checkpoints_and_registers(feature_root, 
     history = result.history
     assert history["epoch"].tolist() == [0, 1, 2]
     assert history["train_samples"].iloc[0] == pytest.approx(2500 * 0.7 / 2, abs=2)
-    assert history["valid_auc"].between(0, 1).all()
+    assert history["valid_roc_auc"].between(0, 1).all()
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert os.path.isdir(result.version.metadata["checkpoint_uri"])
 
@@ -60,7 +61,8 @@ def test_two_worker_run_reports_metrics_checkpoints_and_registers(feature_root, 
     meta = mv.metadata
     assert meta["examples"] == {"train": 1750, "valid": 375, "test": 375}
     assert {"features/user_engagement", "features/article_text"} <= set(meta["data_versions"])
-    assert meta["metrics"]["valid_auc"] == pytest.approx(history["valid_auc"].iloc[-1])
+    assert meta["metrics"]["valid_roc_auc"] == pytest.approx(history["valid_roc_auc"].iloc[-1])
+    assert meta["task"] == "engagement" and meta["labels"] == ["no click", "click"]
     prep = Preprocessor(**meta["preprocessing"])
     import pandas as pd
 
@@ -111,3 +113,74 @@ def test_promotion_gate_accepts_then_refuses_without_margin(feature_root, traine
     with pytest.raises(JobFailed, match="not promoted: challenger v1 roc_auc .* vs champion v1"):
         promote_job(load_config(PromoteConfig, None, common))
     assert registry.aliases("clicks")["champion"] == 1
+
+
+def test_same_config_and_data_give_the_same_metrics(feature_root, trained):
+    again = train_job(train_config(feature_root, "model_name=clicks_again"))
+    cols = ["train_loss", "valid_loss", "valid_roc_auc"]
+    first, second = trained.history[cols].to_numpy(), again.history[cols].to_numpy()
+    assert first.shape == second.shape
+    assert abs(first - second).max() < 1e-5
+
+
+def wandb_records(path: str) -> list:
+    """Records of an offline W&B run file (a LevelDB-style log of protobuf `Record`s)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = open(path, "rb").read()
+    pos, block, buf, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            records.append(record)
+            buf = b""
+    return records
+
+
+def test_rank_zero_logs_the_run_to_wandb_with_checkpoint_artifact(feature_root):
+    import glob
+
+    result = train_job(train_config(feature_root, "model_name=logged", "tracking.mode=offline",
+                                    "model.epochs=2"))
+    run_id = result.version.metadata["parent_run"]
+    files = glob.glob(f"{feature_root}/wandb/wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
+    assert len(files) == 1, "rank 0 did not open the job's W&B run"
+    records = wandb_records(files[0])
+    by_kind: dict = {}
+    for r in records:
+        by_kind.setdefault(r.WhichOneof("record_type"), []).append(r)
+    epochs = [{tuple(i.nested_key) or (i.key,): i.value_json for i in h.history.item}
+              for h in by_kind["history"]]
+    assert [e[("epoch",)] for e in epochs] == ["0", "1"]
+    assert all(("valid_roc_auc",) in e for e in epochs)
+    config = {i.key for i in by_kind["run"][0].run.config.update}
+    assert {"git_sha", "data_versions", "model", "engagement"} <= config
+    assert [a.artifact.name for a in by_kind["artifact"]] == [f"{run_id}-checkpoint"]
+
+
+def test_tuning_runs_trials_and_registers_the_best(feature_root):
+    from jobs.tune import TuneJobConfig
+    from jobs.tune import main as tune_job
+
+    cfg = load_config(TuneJobConfig, "configs/tune_engagement.yaml", [
+        f"storage.root={feature_root}", "tracking.mode=disabled", "model_name=tuned",
+        "engagement.max_examples=1500", "model.epochs=2", "tune.num_samples=3"])
+    result = tune_job(cfg)
+    assert len(result.trials) == 3
+    assert set(result.best_params) == {"lr", "hidden", "dropout"}
+    assert result.best_params["hidden"] in ([32], [64, 32], [128, 64])
+    best = result.trials["valid_roc_auc"].max()
+    mv = Registry(Storage(feature_root)).get("tuned", "challenger")
+    assert mv.metrics["valid_roc_auc"] == pytest.approx(best)
+    assert mv.metadata["trial_params"] == result.best_params
+    model, _ = Registry(Storage(feature_root)).load("tuned", "challenger")
+    assert model.net[0].out_features == result.best_params["hidden"][0]

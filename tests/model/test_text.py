@@ -1,0 +1,116 @@
+"""The text classifier on a user's own CSV: train, load by alias, evaluate, behavioural gate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from jobs.evaluate import EvaluateConfig
+from jobs.evaluate import main as evaluate_job
+from jobs.promote import PromoteConfig
+from jobs.promote import main as promote_job
+from jobs.train import TrainConfig
+from jobs.train import main as train_job
+from slipway.cli import JobFailed
+from slipway.config import load_config
+from slipway.registry import Registry
+from slipway.storage import Storage
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+TOPICS = {
+    "billing": "invoice refund charge payment card billed subscription price receipt",
+    "bug": "crash error freezes broken button screen loading fails bug",
+    "account": "password login email username account locked sign profile",
+}
+FRAMES = ["My {a} {b} problem, please help", "Why is the {a} {b}?", "{a}: {b} again today",
+          "Question about {a}, {b} and more", "The {a} is {b} since Monday"]
+
+
+def write_tickets(path, n_per_class: int = 40) -> None:
+    """A support-ticket CSV like a user's: quoted commas, a multi-line text, unlabelled rows."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for label, words in TOPICS.items():
+        vocab = words.split()
+        for _ in range(n_per_class):
+            a, b = rng.choice(vocab, 2, replace=False)
+            rows.append({"ticket": rng.choice(FRAMES).format(a=a, b=b), "queue": label})
+    rows.append({"ticket": "Refund, please:\nI was billed twice", "queue": "billing"})
+    rows.append({"ticket": "no label on this one", "queue": ""})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["ticket", "queue"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def tickets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tickets")
+    write_tickets(folder / "tickets.csv")
+    root = str(folder / "root")
+    cfg = load_config(TrainConfig, "configs/train_text.yaml", [
+        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
+        f"text.path={folder / 'tickets.csv'}", "text.text_columns=[ticket]",
+        "text.label_column=queue", "text.embed_actors=1", "model.epochs=15"])
+    return root, folder, train_job(cfg)
+
+
+def checks_file(folder, expected_bug: str) -> str:
+    path = folder / f"checks-{expected_bug}.yaml"
+    path.write_text(yaml.safe_dump({
+        "min_pass_rate": 1.0,
+        "min_functionality": [{"text": "I need a refund for this invoice", "label": "billing"},
+                              {"text": "The app crash shows an error", "label": expected_bug},
+                              {"text": "Cannot login, password reset email", "label": "account"}],
+        "perturbations": ["lowercase", "suffix: Thanks!"]}))
+    return str(path)
+
+
+def test_text_classifier_trains_on_a_user_csv_and_loads_by_alias(tickets):
+    root, _, result = tickets
+    meta = result.version.metadata
+    assert meta["task"] == "text" and meta["labels"] == ["account", "billing", "bug"]
+    # 121 labelled rows (the unlabelled one is left out), split 70/15/15 by class.
+    assert sum(meta["examples"].values()) == 121
+    assert meta["metrics"]["valid_macro_f1"] > 0.8
+    model, mv = Registry(Storage(root)).load("tickets", "challenger")
+    assert mv.version == result.version.version
+    proba = model.predict_proba(["Where is my refund for the double charge?",
+                                 "Login fails, my account is locked"])
+    assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert [meta["labels"][i] for i in proba.argmax(axis=1)] == ["billing", "account"]
+    # Only the head is stored: the frozen encoder comes from the package.
+    weights = Storage(root).read_bytes("models", "tickets", "versions", "0001",
+                                       "model.safetensors")
+    assert len(weights) < 2_000_000
+
+
+def test_evaluation_reports_behavioural_checks(tickets):
+    root, folder, _ = tickets
+    ev = evaluate_job(load_config(EvaluateConfig, None, [
+        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
+        f"behaviour_checks={checks_file(folder, 'bug')}"]))
+    assert ev.metrics["macro_f1"] > 0.8
+    assert {s["slice"] for s in ev.slices} >= {"label_name=bug", "length=short"}
+    assert ev.behaviour["passed"], ev.behaviour["cases"]
+    assert len(ev.behaviour["cases"]) == 3 + 3 * 2
+    report = json.loads(open(ev.report_uri).read())
+    assert report["behaviour"]["pass_rates"] == {"min_functionality": 1.0, "invariance": 1.0}
+
+
+def test_promotion_needs_the_behavioural_checks_to_pass(tickets):
+    root, folder, result = tickets
+    common = [f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
+              "metric=macro_f1", "min_value=0.5"]
+    # A check expecting the wrong label cannot pass: refused, with the reason.
+    with pytest.raises(JobFailed, match="behavioural checks failed: min_functionality 67%"):
+        promote_job(load_config(PromoteConfig, None, [
+            *common, f"behaviour_checks={checks_file(folder, 'account')}"]))
+    assert "champion" not in Registry(Storage(root)).aliases("tickets")
+    assert promote_job(load_config(PromoteConfig, None, [
+        *common, f"behaviour_checks={checks_file(folder, 'bug')}"])) == result.version.version
