@@ -48,7 +48,7 @@ def throughput(root: str, workers: int, examples: int, epochs: int) -> float:
     result = train_job(load_config(TrainConfig, "configs/train_engagement.yaml", [
         f"storage.root={root}", "tracking.mode=disabled", f"model_name=bench_{workers}w",
         f"engagement.max_examples={examples}", f"model.epochs={epochs}",
-        f"trainer.num_workers={workers}", "trainer.keep_checkpoints=1"]))
+        f"trainer.num_workers={workers}", "trainer.keep_checkpoints=null"]))
     return statistics.median(result.history["train_samples_per_s"].iloc[1:])
 
 
