@@ -40,7 +40,7 @@ class EvaluateConfig(JobConfig):
     """Which version to evaluate, against what, and how slices are judged."""
 
     model_name: str = "engagement"
-    ref: str = "challenger"
+    ref: str | int = Field(default="challenger", description="alias or version number")
     against: str | None = "champion"
     slices: list[str] | None = Field(default=None, description="None: the task's slices")
     slice_metric: str | None = Field(default=None, description="None: the task's metric")

@@ -112,6 +112,7 @@ def track_run(job: str, cfg: JobConfig, storage: Storage, wandb_run: bool = True
             mode=mode,
             dir=wandb_dir(storage),
             config={**cfg.model_dump(mode="json"), "git_sha": sha},
+            reinit="create_new",  # a job that runs another (promote -> evaluate) keeps its run
         )
     run = JobRun(job=job, run_id=run_id, wandb_run=run_handle, git_sha=sha)
     status = "failed"

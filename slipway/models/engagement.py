@@ -49,8 +49,12 @@ class Preprocessor:
         """Model inputs (float32, one row per frame row)."""
         numeric = df[list(NUMERIC)].astype("float64")
         missing = numeric.isna().to_numpy(np.float32)
-        scaled = ((numeric - pd.Series(self.means)) / pd.Series(self.stds)).fillna(0.0)
-        parts = [scaled.to_numpy(np.float32), missing]
+        # Positional arrays in NUMERIC order: stored dicts come back from JSON with sorted keys,
+        # and label-aligned pandas arithmetic would reorder the columns.
+        means = np.array([self.means[c] for c in NUMERIC])
+        stds = np.array([self.stds[c] for c in NUMERIC])
+        scaled = np.nan_to_num((numeric.to_numpy() - means) / stds, nan=0.0)
+        parts = [scaled.astype(np.float32), missing]
         for col in CATEGORICAL:
             values = df[col].astype("string").fillna("").to_numpy(dtype=object)
             parts.append(np.stack([values == v for v in self.vocab[col]], axis=1)
