@@ -119,13 +119,16 @@ def stratified_split(df: pd.DataFrame, valid: float, test: float, seed: int
             test_df.reset_index(drop=True))
 
 
-def _inputs(data: TextData, part: pd.DataFrame) -> dict[str, np.ndarray]:
+def _inputs(data: TextData, texts: pd.Series) -> dict[str, np.ndarray]:
+    """Token ids (encoder trained) or embeddings from one pass of an actor pool (frozen)."""
     if data.train_encoder:
-        return tokenize(load_tokenizer(data.encoder), part["text"].tolist(), data.max_length)
-    embedded = ray.data.from_pandas(part[["text"]]).map_batches(
+        return tokenize(load_tokenizer(data.encoder), texts.tolist(), data.max_length)
+    frame = pd.DataFrame({"text": texts.to_numpy(), "row": np.arange(len(texts))})
+    embedded = ray.data.from_pandas(frame).map_batches(
         Embedder, fn_constructor_kwargs={"encoder": data.encoder, "max_length": data.max_length},
         concurrency=data.embed_actors, batch_size=64, batch_format="numpy")
-    return {"x": np.stack(embedded.to_pandas()["x"].to_numpy())}
+    # Actor pools may return batches out of order: put rows back in input order.
+    return {"x": np.stack(embedded.to_pandas().sort_values("row")["x"].to_numpy())}
 
 
 def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
@@ -135,14 +138,18 @@ def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: flo
     where, parts = source(data, storage)
     train, valid_df, test_df = stratified_split(examples, valid, test, seed)
     names = sorted(examples["label_name"].unique())
+    # Embed (or tokenize) train and valid together: one actor pool, the encoder loaded once.
+    inputs_all = _inputs(data, pd.concat([train["text"], valid_df["text"]], ignore_index=True))
     inputs = ["input_ids", "attention_mask"] if data.train_encoder else ["x"]
     return Prepared(
         task="text", model_cls=TextClassifier,
         arch_params={"encoder": data.encoder, "num_classes": len(names),
                      "train_encoder": data.train_encoder, "max_length": data.max_length},
         inputs=inputs,
-        datasets={name: to_dataset(_inputs(data, part), part["label"].to_numpy())
-                  for name, part in (("train", train), ("valid", valid_df))},
+        datasets={"train": to_dataset({k: v[:len(train)] for k, v in inputs_all.items()},
+                                      train["label"].to_numpy()),
+                  "valid": to_dataset({k: v[len(train):] for k, v in inputs_all.items()},
+                                      valid_df["label"].to_numpy())},
         splits={"train": train, "valid": valid_df, "test": test_df},
         metadata={"labels": names, "encoder": data.encoder,
                   "text": data.model_dump(include={"text_columns", "label_column"})},
