@@ -15,8 +15,10 @@ export RAY_AUTH_MODE ?= disabled
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 # Models load from local paths or shipped packages only; a hub id works when you unset this.
 export HF_HUB_OFFLINE ?= 1
+# DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup demo test lint redis bench-features bench-train clean
+.PHONY: setup demo test lint redis bench-features bench-train bench-llm clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +44,12 @@ demo: setup
 	$(BIN)/python -m jobs.promote --config configs/promote_text.yaml \
 		--set storage.root=$(ROOT) || echo "article_topic: challenger not promoted (reason above)"
 	$(BIN)/python -m jobs.models --set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.bootstrap_llm --config configs/bootstrap_llm.yaml --set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.finetune_llm --config configs/finetune_articles.yaml \
+		--set storage.root=$(ROOT)
+	$(BIN)/python -m jobs.evaluate_llm --set storage.root=$(ROOT) \
+		|| echo "articles_lora: adapter not promoted (reason above)"
+	$(BIN)/python -m jobs.build_index --config configs/build_index.yaml --set storage.root=$(ROOT)
 
 test: setup redis
 	$(BIN)/ruff check .
@@ -55,6 +63,9 @@ bench-features: setup redis
 
 bench-train: setup
 	$(BIN)/python -m benchmarks.train
+
+bench-llm: setup
+	$(BIN)/python -m benchmarks.llm
 
 clean:
 	rm -rf $(ROOT)

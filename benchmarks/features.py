@@ -23,11 +23,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from benchmarks.common import (
     env_info,
     median_seconds,
     percentile,
+    start_ray,
     start_redis,
     write_results,
 )
@@ -57,8 +59,6 @@ def pandas_features(events_dir: str, out_dir: str) -> dict[str, int]:
 
 def ray_features(events_dir: str, out_dir: str) -> dict[str, int]:
     """The Ray Data pipeline and writer of `jobs.features` for the engagement views."""
-    import ray
-
     from jobs.features import write_views
     from slipway.features.compute import default_partitions, engagement_features
     from slipway.storage import Storage
@@ -165,12 +165,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("SLIPWAY_PROGRESS", "0")
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sizes = throughput(args.sizes, args.repeats, work)

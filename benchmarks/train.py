@@ -11,16 +11,16 @@ test split. Writes results/train.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 
 import pandas as pd
+import ray
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from benchmarks.common import env_info, write_results
+from benchmarks.common import env_info, start_ray, write_results
 from slipway.config import load_config
 
 
@@ -84,12 +84,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=100_000)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
-                        ("HF_HUB_OFFLINE", "1"), ("WANDB_MODE", "disabled")):
-        os.environ.setdefault(name, value)
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
+    start_ray()
     with tempfile.TemporaryDirectory() as root:
         build_root(root, args.events, args.articles)
         one = throughput(root, 1, args.examples, args.epochs)

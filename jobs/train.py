@@ -86,7 +86,7 @@ def main(cfg: TrainConfig) -> TrainResult:
         prepared = prepare(cfg, storage)
         for name, version in prepared.data_versions.items():
             run.add_data_version(name, version)
-        split_uri = save_splits(prepared, storage, cfg.model_name, run.run_id)
+        split_uri = save_splits(prepared.splits, storage, cfg.model_name, run.run_id)
         run_name = cfg.resume_run or f"{cfg.model_name}-{uuid.uuid4().hex[:8]}"
         config = loop_config(
             prepared, cfg.model, cfg.seed, fail_at_epoch=cfg.fail_at_epoch,
@@ -94,7 +94,7 @@ def main(cfg: TrainConfig) -> TrainResult:
             if storage.is_local else None,
             wandb=worker_wandb(cfg, storage, "train", run.run_id,
                                data_versions=prepared.data_versions, ray_train_run=run_name))
-        trainer = make_trainer(prepared, config, cfg.trainer, run_name,
+        trainer = make_trainer(prepared.datasets, config, cfg.trainer, run_name,
                                storage.makedirs("checkpoints"))
         result = trainer.fit()
         if result.error or result.checkpoint is None:

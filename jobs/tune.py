@@ -121,7 +121,7 @@ def _trial(params: dict[str, Any], base_model: dict[str, Any], choices: dict[str
     run_wandb = wandb and {**wandb, "id": run_name, "name": run_name,
                            "config": {**wandb["config"], "model": model.model_dump()}}
     config = loop_config(prepared, model, seed, wandb=run_wandb)
-    make_trainer(prepared, config, trainer, run_name, storage_path,
+    make_trainer(prepared.datasets, config, trainer, run_name, storage_path,
                  callbacks=[TuneReportCallback()]).fit()
 
 
@@ -135,7 +135,7 @@ def main(cfg: TuneJobConfig) -> TuneResult:
         prepared = prepare(cfg, storage)
         for name, version in prepared.data_versions.items():
             run.add_data_version(name, version)
-        split_uri = save_splits(prepared, storage, cfg.model_name, run.run_id)
+        split_uri = save_splits(prepared.splits, storage, cfg.model_name, run.run_id)
         tune_run = f"{cfg.model_name}-tune-{uuid.uuid4().hex[:6]}"
         trainable = tune.with_resources(
             tune.with_parameters(

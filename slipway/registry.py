@@ -1,6 +1,7 @@
 """The model registry on the storage root: versions with lineage, and movable aliases.
 
     models/<name>/versions/<NNNN>/model.safetensors   weights (safetensors: nothing unpickled)
+    models/<name>/versions/<NNNN>/files/...           or a whole folder (an HF model, an adapter)
     models/<name>/versions/<NNNN>/metadata.json       architecture, metrics, config, lineage
     models/<name>/aliases.json                        {"aliases": {...}, "history": [...]}
 
@@ -10,6 +11,7 @@ rollback moves an alias back to the version it pointed at before.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +94,32 @@ class Registry:
         self.storage.write_json(meta, *parts, "metadata.json")
         return ModelVersion(name, version, self.storage.uri(*parts), meta)
 
+    def register_folder(self, name: str, folder: str, kind: str, **metadata: Any
+                        ) -> ModelVersion:
+        """Save a local folder (a Hugging Face model or adapter directory) as the next version of
+        `name`; `kind` says what it is (`base_lm`, `lora_adapter`, `merged_lm`)."""
+        version = (self.versions(name) or [0])[-1] + 1
+        parts = self._dir(name, version)
+        self.storage.upload(folder, *parts, "files")
+        meta = {"name": name, "version": version, "created_at": time.time(), "format": "folder",
+                "kind": kind, "artifact_uri": self.storage.uri(*parts, "files"), **metadata}
+        self.storage.write_json(meta, *parts, "metadata.json")
+        return ModelVersion(name, version, self.storage.uri(*parts), meta)
+
+    def fetch(self, name: str, ref: str | int = "champion", cache: str | None = None
+              ) -> tuple[str, ModelVersion]:
+        """A local folder holding the files of a folder-format version: the folder itself on a
+        local root, else a copy under `cache` (default `~/.cache/slipway/models`)."""
+        mv = self.get(name, ref)
+        if mv.metadata.get("format") != "folder":
+            raise RegistryError(f"{name} v{mv.version} is a weights file; use Registry.load")
+        parts = (*self._dir(name, mv.version), "files")
+        if self.storage.is_local:
+            return self.storage.uri(*parts), mv
+        cache = cache or os.path.expanduser("~/.cache/slipway/models")
+        local = self.storage.download(os.path.join(cache, name, f"{mv.version:04d}"), *parts)
+        return local, mv
+
     def _aliases(self, name: str) -> dict[str, Any]:
         if not self.storage.exists("models", name, "aliases.json"):
             return {"aliases": {}, "history": []}
@@ -142,6 +170,9 @@ class Registry:
     def load(self, name: str, ref: str | int = "champion") -> tuple[torch.nn.Module, ModelVersion]:
         """Rebuild the model of a version from its architecture and weights, in eval mode."""
         mv = self.get(name, ref)
+        if mv.metadata.get("format") == "folder":
+            raise RegistryError(f"{name} v{mv.version} is a {mv.metadata['kind']} folder; "
+                                "use Registry.fetch")
         arch = mv.metadata["architecture"]
         if arch["name"] not in ARCHITECTURES:
             raise RegistryError(f"{name} v{mv.version} needs architecture {arch['name']!r}, "

@@ -94,6 +94,29 @@ class Storage:
             self.root + i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File
         )
 
+    def upload(self, local: str, *parts: str) -> str:
+        """Copy the local folder `local` to the folder `parts`; return its URI."""
+        for base, _, files in os.walk(local):
+            for file in files:
+                rel = os.path.relpath(os.path.join(base, file), local).split(os.sep)
+                with open(os.path.join(base, file), "rb") as inp, \
+                        self.open_output(*parts, *rel) as out:
+                    out.write(inp.read())
+        return self.uri(*parts)
+
+    def download(self, local: str, *parts: str) -> str:
+        """Copy the folder `parts` to the local folder `local` once (a `.complete` marker makes
+        later calls free); return `local`."""
+        if not os.path.exists(os.path.join(local, ".complete")):
+            prefix = self.uri(*parts) + "/"
+            for uri in self.list_files(*parts):
+                rel = uri[len(prefix):].split("/")
+                os.makedirs(os.path.join(local, *rel[:-1]), exist_ok=True)
+                with open(os.path.join(local, *rel), "wb") as out:
+                    out.write(self.read_bytes(*parts, *rel))
+            open(os.path.join(local, ".complete"), "w").close()
+        return local
+
     def version(self, *parts: str) -> str:
         """Content version of a file or folder: a hash of its files' names, sizes and mtimes."""
         digest = hashlib.sha256()

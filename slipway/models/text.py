@@ -42,10 +42,13 @@ def load_tokenizer(encoder: str):
     return AutoTokenizer.from_pretrained(encoder_path(encoder))
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """Token ids and attention masks, padded to `max_length` (int64 arrays)."""
-    out = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                    return_tensors="np")
+def tokenize(tokenizer, texts: list[str], max_length: int, fixed: bool = True
+             ) -> dict[str, np.ndarray]:
+    """Token ids and attention masks (int64 arrays), cut at `max_length` and padded to it
+    (`fixed`, for tensor columns of one width) or only to the longest text (faster inference;
+    mean pooling over the mask gives the same embeddings)."""
+    out = tokenizer(list(texts), padding="max_length" if fixed else "longest", truncation=True,
+                    max_length=max_length, return_tensors="np")
     return {"input_ids": out["input_ids"].astype(np.int64),
             "attention_mask": out["attention_mask"].astype(np.int64)}
 
@@ -98,7 +101,8 @@ class TextClassifier(nn.Module):
         self.eval()
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = tokenize(self._tokenizer, texts[start:start + batch_size], self.max_length)
+            tokens = tokenize(self._tokenizer, texts[start:start + batch_size], self.max_length,
+                              fixed=False)
             logits = self(input_ids=torch.from_numpy(tokens["input_ids"]),
                           attention_mask=torch.from_numpy(tokens["attention_mask"]))
             out.append(torch.softmax(logits, dim=-1).numpy())
@@ -115,8 +119,8 @@ class Embedder:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed one batch."""
-        tokens = tokenize(self.tokenizer, batch["text"].tolist(),
-                          self.model.max_length)
+        tokens = tokenize(self.tokenizer, batch["text"].tolist(), self.model.max_length,
+                          fixed=False)
         x = self.model.embed(torch.from_numpy(tokens["input_ids"]),
                              torch.from_numpy(tokens["attention_mask"]))
         return {**batch, "x": x.numpy().astype(np.float32)}

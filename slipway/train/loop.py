@@ -63,7 +63,7 @@ def evaluate_shard(model: torch.nn.Module, shard: Any, inputs: list[str], batch_
     return {f"valid_{k}": metrics[k] for k in VALID_METRICS}
 
 
-def _wandb(config: dict[str, Any]) -> Any:
+def rank_zero_run(config: dict[str, Any]) -> Any:
     """Rank 0's W&B run (Train V2 ignores `rank_zero_only`, so the rank is checked here)."""
     spec = config.get("wandb")
     if not spec or ray.train.get_context().get_world_rank() != 0:
@@ -95,12 +95,12 @@ def train_loop(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
 
-    run = _wandb(config)
+    run = rank_zero_run(config)
     inputs = config["inputs"]
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     for epoch in range(start_epoch, config["epochs"]):
-        _maybe_fail(config, epoch)
+        maybe_fail(config, epoch)
         model.train()
         total, count, started = 0.0, 0, time.perf_counter()
         for batch in train_shard.iter_torch_batches(batch_size=config["batch_size"],
@@ -129,17 +129,17 @@ def train_loop(config: dict[str, Any]) -> None:
             if run is not None:
                 run.log(metrics, step=epoch)
                 if epoch == config["epochs"] - 1:
-                    _log_checkpoint(run, folder, epoch)
+                    log_checkpoint(run, folder, epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     if run is not None:
         run.finish()
 
 
-def _log_checkpoint(run: Any, folder: str, epoch: int) -> None:
+def log_checkpoint(run: Any, folder: str, epoch: int, kind: str = "checkpoint") -> None:
+    """Log a folder (a checkpoint, an adapter) as the W&B model artifact `<run id>-<kind>`."""
     import wandb
 
-    artifact = wandb.Artifact(f"{run.id}-checkpoint", type="model",
-                              metadata={"epoch": epoch})
+    artifact = wandb.Artifact(f"{run.id}-{kind}", type="model", metadata={"epoch": epoch})
     artifact.add_dir(folder)
     run.log_artifact(artifact)
 
@@ -153,7 +153,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _maybe_fail(config: dict[str, Any], epoch: int) -> None:
+def maybe_fail(config: dict[str, Any], epoch: int) -> None:
     """Fault injection for tests and drills: fail once at `fail_at_epoch` on rank 0."""
     marker = config.get("fail_marker")
     if (config.get("fail_at_epoch") == epoch and marker and not os.path.exists(marker)

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from slipway.cli import JobFailed
 from slipway.config import StrictModel
+from slipway.data.tables import locate, read_table
 from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, load_tokenizer, tokenize
 from slipway.storage import Storage
 from slipway.train.trainer import Prepared, to_dataset
@@ -46,31 +47,12 @@ def length_bucket(texts: pd.Series) -> pd.Series:
                   labels=[n for _, n in LENGTH_BUCKETS]).astype(str)
 
 
-def source(data: TextData, storage: Storage) -> tuple[Storage, tuple[str, ...]]:
-    """The storage and parts of `data.path`: absolute paths and URIs stand alone."""
-    if "://" in data.path or data.path.startswith("/"):
-        return Storage(data.path), ()
-    return storage, tuple(data.path.split("/"))
-
-
 def _read(data: TextData, storage: Storage) -> pd.DataFrame:
-    where, parts = source(data, storage)
-    path = where.uri(*parts)
-    files = where.list_files(*parts)
-    if not files:
-        raise JobFailed(f"text.path: no files at {path}; point it at a CSV, JSON-lines or "
-                        "Parquet file or folder")
-    if all(f.endswith(".csv") for f in files):
-        ds = ray.data.read_csv(files)
-    elif all(f.endswith((".jsonl", ".json")) for f in files):
-        ds = ray.data.read_json(files, lines=True)
-    else:
-        ds = ray.data.read_parquet(files)
-    frame = ds.to_pandas()
+    frame = read_table(data.path, storage, "text.path")
     wanted = [*data.text_columns, data.label_column]
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
-        raise JobFailed(f"text columns {missing} are not in {path}; its columns are "
+        raise JobFailed(f"text columns {missing} are not in {data.path}; its columns are "
                         f"{list(frame.columns)}: set text.text_columns / text.label_column")
     return frame
 
@@ -126,7 +108,8 @@ def _inputs(data: TextData, texts: pd.Series) -> dict[str, np.ndarray]:
     frame = pd.DataFrame({"text": texts.to_numpy(), "row": np.arange(len(texts))})
     embedded = ray.data.from_pandas(frame).map_batches(
         Embedder, fn_constructor_kwargs={"encoder": data.encoder, "max_length": data.max_length},
-        concurrency=data.embed_actors, batch_size=64, batch_format="numpy")
+        compute=ray.data.ActorPoolStrategy(size=data.embed_actors), batch_size=64,
+        batch_format="numpy")
     # Actor pools may return batches out of order: put rows back in input order.
     return {"x": np.stack(embedded.to_pandas().sort_values("row")["x"].to_numpy())}
 
@@ -135,7 +118,7 @@ def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: flo
             ) -> Prepared:
     """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
     examples = load_labelled(data, storage, seed)
-    where, parts = source(data, storage)
+    where, parts = locate(data.path, storage)
     train, valid_df, test_df = stratified_split(examples, valid, test, seed)
     names = sorted(examples["label_name"].unique())
     # Embed (or tokenize) train and valid together: one actor pool, the encoder loaded once.

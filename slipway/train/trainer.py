@@ -9,6 +9,7 @@ final weights in the registry with their lineage.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,16 +81,18 @@ def loop_config(prepared: Prepared, model: ModelSettings, seed: int, **extra: An
             **model.model_dump(exclude={"hidden", "dropout"}), **extra}
 
 
-def make_trainer(prepared: Prepared, config: dict[str, Any], settings: TrainerSettings,
-                 run_name: str, storage_path: str, callbacks: list | None = None
+def make_trainer(datasets: dict[str, ray.data.Dataset], config: dict[str, Any],
+                 settings: TrainerSettings, run_name: str, storage_path: str,
+                 callbacks: list | None = None, loop: Callable[[dict], None] = train_loop
                  ) -> TorchTrainer:
-    """A TorchTrainer for the task; the same `run_name` under `storage_path` resumes a run."""
+    """A TorchTrainer running `loop` (the classifier loop by default) on `datasets`; the same
+    `run_name` under `storage_path` resumes a run."""
     return TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        datasets=prepared.datasets,
+        datasets=datasets,
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings.max_failures),
@@ -97,11 +100,12 @@ def make_trainer(prepared: Prepared, config: dict[str, Any], settings: TrainerSe
     )
 
 
-def save_splits(prepared: Prepared, storage: Storage, model_name: str, run_id: str) -> str:
+def save_splits(splits: dict[str, pd.DataFrame], storage: Storage, model_name: str, run_id: str
+                ) -> str:
     """Write train/valid/test frames under `splits/<model>/<run>/`; return the folder URI."""
     storage.makedirs("splits", model_name, run_id)
     uri = storage.uri("splits", model_name, run_id)
-    for name, part in prepared.splits.items():
+    for name, part in splits.items():
         part.to_parquet(f"{uri}/{name}.parquet", index=False)
     return uri
 

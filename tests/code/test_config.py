@@ -71,12 +71,24 @@ def test_job_exits_2_with_message_on_bad_config(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_shipped_configs_validate():
-    from jobs.features import FeaturesConfig
-    from jobs.generate import GenerateConfig
+def test_every_shipped_config_validates_against_its_job():
+    import importlib
+    from pathlib import Path
 
-    for model, path in [(IngestConfig, "configs/ingest.yaml"),
-                        (GenerateConfig, "configs/generate.yaml"),
-                        (FeaturesConfig, "configs/features.yaml"),
-                        (FeaturesConfig, "configs/production/features.yaml")]:
-        load_config(model, path)
+    jobs = {"ingest": "jobs.ingest:IngestConfig", "generate": "jobs.generate:GenerateConfig",
+            "features": "jobs.features:FeaturesConfig",
+            "production/features": "jobs.features:FeaturesConfig",
+            "train_engagement": "jobs.train:TrainConfig", "train_text": "jobs.train:TrainConfig",
+            "tune_engagement": "jobs.tune:TuneJobConfig",
+            "evaluate_text": "jobs.evaluate:EvaluateConfig",
+            "promote_engagement": "jobs.promote:PromoteConfig",
+            "promote_text": "jobs.promote:PromoteConfig",
+            "bootstrap_llm": "jobs.bootstrap_llm:BootstrapConfig",
+            "finetune_articles": "jobs.finetune_llm:FinetuneConfig",
+            "build_index": "jobs.build_index:BuildIndexConfig"}
+    shipped = {str(p.relative_to("configs").with_suffix(""))
+               for p in Path("configs").rglob("*.yaml") if p.parts[1] != "behaviour"}
+    assert shipped == set(jobs), "map each shipped config to its job here"
+    for name, target in jobs.items():
+        module, cls = target.split(":")
+        load_config(getattr(importlib.import_module(module), cls), f"configs/{name}.yaml")

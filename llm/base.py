@@ -1,0 +1,79 @@
+"""Where a causal language model comes from, and loading it with transformers' Auto classes.
+
+A model reference is one of:
+
+    registry:NAME[@REF]    a version registered on the storage root (REF: alias or number,
+                           default `champion`), e.g. `registry:base_lm` from `jobs.bootstrap_llm`
+    /a/local/folder        a Hugging Face model directory
+    s3://... or gs://...   such a directory in object storage, copied once to a local cache
+    org/model-id           a Hugging Face hub id (needs network: unset HF_HUB_OFFLINE)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import torch
+
+from slipway.registry import ModelVersion, Registry
+from slipway.storage import Storage
+
+REGISTRY_PREFIX = "registry:"
+
+
+def parse_registry_ref(ref: str) -> tuple[str, str]:
+    """`registry:NAME[@REF]` as (name, ref)."""
+    name, _, version = ref.removeprefix(REGISTRY_PREFIX).partition("@")
+    return name, version or "champion"
+
+
+def resolve(ref: str, storage: Storage) -> tuple[str, ModelVersion | None]:
+    """A path (or hub id) transformers can load `ref` from, and its registry version if any."""
+    if ref.startswith(REGISTRY_PREFIX):
+        name, version = parse_registry_ref(ref)
+        return Registry(storage).fetch(name, version)
+    if ref.startswith(("s3://", "gs://")):
+        cache = os.path.expanduser("~/.cache/slipway/remote")
+        local = os.path.join(cache, hashlib.sha256(ref.encode()).hexdigest()[:16])
+        return Storage(ref).download(local), None
+    return ref, None
+
+
+def quiet_transformers() -> None:
+    """No download progress bars or load reports on stdout."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def load_tokenizer(path: str, padding_side: str = "right") -> Any:
+    """The model's tokenizer, with a pad token (the EOS token if the model has none)."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The causal language model at `path`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+
+
+def load_tuned(base_path: str, adapter_path: str | None) -> torch.nn.Module:
+    """The base model with a LoRA adapter applied (not merged); the base alone without one."""
+    model = load_causal_lm(base_path)
+    if adapter_path is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_path).eval()
