@@ -44,7 +44,7 @@ class BootstrapConfig(JobConfig):
     block_size: int = Field(default=128, ge=16)
     valid_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     optim: OptimSettings = OptimSettings(lr=3e-3, epochs=3, micro_batch_size=16)
-    trainer: TrainerSettings = TrainerSettings()
+    trainer: TrainerSettings = TrainerSettings(keep_checkpoints=1)
 
 
 def main(cfg: BootstrapConfig) -> ModelVersion:

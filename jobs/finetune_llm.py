@@ -39,7 +39,7 @@ class FinetuneConfig(JobConfig):
     max_length: int = Field(default=384, ge=32, description="tokens per example")
     lora: LoraSettings = LoraSettings()
     optim: OptimSettings = OptimSettings()
-    trainer: TrainerSettings = TrainerSettings()
+    trainer: TrainerSettings = TrainerSettings(keep_checkpoints=1)
     resume_run: str | None = Field(default=None, description="Ray Train run name to resume")
     fail_at_epoch: int | None = Field(default=None, description="drill: fail once at this epoch")
 
@@ -70,7 +70,6 @@ def main(cfg: FinetuneConfig) -> ModelVersion:
         for name, version in versions.items():
             run.add_data_version(name, version)
         split_uri = save_splits(splits, storage, cfg.model_name, run.run_id)
-        run_name = cfg.resume_run or None
         config = loop_config(
             base, storage, cfg.optim, cfg.trainer, cfg.lora,
             train_rows=len(arrays["train"]["input_ids"]), seed=cfg.seed,
@@ -79,7 +78,8 @@ def main(cfg: FinetuneConfig) -> ModelVersion:
             if storage.is_local else None,
             wandb=worker_wandb(cfg, storage, "finetune_llm", run.run_id, base=base,
                                data_versions=versions))
-        lm = run_lm_training(arrays, config, cfg.trainer, storage, run_name, cfg.model_name)
+        lm = run_lm_training(arrays, config, cfg.trainer, storage, cfg.resume_run,
+                             cfg.model_name)
         version = registry.register_folder(
             cfg.model_name, local_export(lm), kind="lora_adapter", base=base,
             metrics=lm.metrics, max_length=cfg.max_length, tasks=cfg.data.tasks,

@@ -24,6 +24,7 @@ from slipway.config import load_config
 from slipway.data.generate import GeneratorConfig, generate, public
 from slipway.registry import Registry
 from slipway.storage import Storage
+from tests.wandb_files import history_keys, run_records
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -47,7 +48,7 @@ def llm_root(tmp_path_factory) -> str:
 def finetune(root: str, *overrides: str):
     cfg = load_config(FinetuneConfig, None, [
         f"storage.root={root}", "optim.epochs=1", "optim.micro_batch_size=8",
-        "data.max_articles=80", "max_length=320", *overrides])
+        "data.max_articles=80", "max_length=320", "tracking.mode=offline", *overrides])
     return finetune_job(cfg)
 
 
@@ -88,17 +89,27 @@ def test_lora_under_zero2_with_two_workers_trains_only_the_adapter(llm_root, zer
     assert max(v.abs().max().item() for k, v in tensors.items() if "lora_B" in k) > 0
     assert Registry(Storage(llm_root)).aliases("articles_lora")["challenger"] == \
         zero2_adapter.version
+    # Rank 0 logged the run to W&B: loss curve, learning rate, throughput, the adapter.
+    by_kind = run_records(llm_root, meta["parent_run"])
+    assert {"train_loss", "lr", "tokens_per_s", "valid_perplexity"} <= history_keys(by_kind)
+    assert [a.artifact.name for a in by_kind["artifact"]] == [f"{meta['parent_run']}-adapter"]
 
 
-def test_lora_under_zero3_exports_whole_adapter_tensors(llm_root):
+def test_lora_under_zero3_exports_whole_adapter_tensors(llm_root, zero2_adapter):
     version = finetune(llm_root, "model_name=zero3_lora",
-                       "optim.deepspeed=configs/deepspeed/zero3.json")
+                       "optim.deepspeed=configs/deepspeed/zero3.json",
+                       "optim.gradient_checkpointing=true", "optim.grad_accum=2")
     tensors = adapter_tensors(version)
     base = load_causal_lm(resolve("registry:base_lm", Storage(llm_root))[0])
     hidden = base.config.hidden_size
     q_a = next(v for k, v in tensors.items() if "q_proj.lora_A" in k)
     assert q_a.shape == (8, hidden)  # gathered from the ZeRO-3 partitions, not a shard
-    assert version.metadata["metrics"]["valid_loss"] < 20
+    metrics = version.metadata["metrics"]
+    assert metrics["valid_loss"] < 20
+    # Same examples and micro-batch as the ZeRO-2 run (2 epochs, a step per micro-batch); here
+    # 1 epoch accumulating 2 micro-batches per optimizer step.
+    batches_per_epoch = zero2_adapter.metadata["metrics"]["optimizer_steps"] // 2
+    assert metrics["optimizer_steps"] == batches_per_epoch // 2
 
 
 def write_jsonl(path, rows: list[dict]) -> str:

@@ -19,6 +19,7 @@ from slipway.config import load_config
 from slipway.models.engagement import Preprocessor
 from slipway.registry import Registry
 from slipway.storage import Storage
+from tests.wandb_files import run_records
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -123,41 +124,11 @@ def test_same_config_and_data_give_the_same_metrics(feature_root, trained):
     assert abs(first - second).max() < 1e-5
 
 
-def wandb_records(path: str) -> list:
-    """Records of an offline W&B run file (a LevelDB-style log of protobuf `Record`s)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = open(path, "rb").read()
-    pos, block, buf, records = 7, 32768, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-        buf += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # a full record, or the last piece of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(buf)
-            records.append(record)
-            buf = b""
-    return records
-
-
 def test_rank_zero_logs_the_run_to_wandb_with_checkpoint_artifact(feature_root):
-    import glob
-
     result = train_job(train_config(feature_root, "model_name=logged", "tracking.mode=offline",
                                     "model.epochs=2"))
     run_id = result.version.metadata["parent_run"]
-    files = glob.glob(f"{feature_root}/wandb/wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
-    assert len(files) == 1, "rank 0 did not open the job's W&B run"
-    records = wandb_records(files[0])
-    by_kind: dict = {}
-    for r in records:
-        by_kind.setdefault(r.WhichOneof("record_type"), []).append(r)
+    by_kind = run_records(feature_root, run_id)
     epochs = [{tuple(i.nested_key) or (i.key,): i.value_json for i in h.history.item}
               for h in by_kind["history"]]
     assert [e[("epoch",)] for e in epochs] == ["0", "1"]
