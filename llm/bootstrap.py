@@ -63,8 +63,9 @@ def corpus_texts(corpus: Corpus, storage: Storage) -> list[str]:
 
 
 def article_texts(articles: pd.DataFrame) -> list[str]:
-    """One document per article: title, then body."""
-    return (articles["title"] + "\n" + articles["body"]).tolist()
+    """One document per article as a news page shows it: section, title, body."""
+    return ("Section: " + articles["topic"] + "\n" + articles["title"] + "\n"
+            + articles["body"]).tolist()
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
