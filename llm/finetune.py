@@ -123,8 +123,9 @@ def run_lm_training(arrays: dict[str, dict[str, np.ndarray]], config: dict[str, 
 
 
 def local_export(run: LmRun) -> str:
-    """A local folder with the run's export (the checkpoint itself when it is local)."""
-    return Storage(os.path.dirname(run.export_path)).download(
-        os.path.join(os.path.expanduser("~/.cache/slipway/exports"), run.run_name),
-        EXPORT_DIR) if "://" in run.export_path else run.export_path
-
+    """A local folder with the run's export: the checkpoint's own folder when it is local, else
+    a copy under `~/.cache/slipway/exports/<run>`."""
+    if "://" not in run.export_path:
+        return run.export_path
+    cache = os.path.expanduser(os.path.join("~/.cache/slipway/exports", run.run_name))
+    return Storage(run.export_path).download(cache)
