@@ -12,13 +12,12 @@ A model reference is one of:
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import torch
 
 from slipway.registry import ModelVersion, Registry
-from slipway.storage import Storage
+from slipway.storage import Storage, local_cache
 
 REGISTRY_PREFIX = "registry:"
 
@@ -35,8 +34,7 @@ def resolve(ref: str, storage: Storage) -> tuple[str, ModelVersion | None]:
         name, version = parse_registry_ref(ref)
         return Registry(storage).fetch(name, version)
     if ref.startswith(("s3://", "gs://")):
-        cache = os.path.expanduser("~/.cache/slipway/remote")
-        local = os.path.join(cache, hashlib.sha256(ref.encode()).hexdigest()[:16])
+        local = local_cache("remote", hashlib.sha256(ref.encode()).hexdigest()[:16])
         return Storage(ref).download(local), None
     return ref, None
 

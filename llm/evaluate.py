@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -57,11 +58,16 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def rouge_l(answer: str, reference: str) -> float:
-    """ROUGE-L F-measure."""
+@functools.cache
+def _rouge_scorer() -> Any:
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"]).score(reference, answer)["rougeL"].fmeasure
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(answer: str, reference: str) -> float:
+    """ROUGE-L F-measure."""
+    return _rouge_scorer().score(reference, answer)["rougeL"].fmeasure
 
 
 def faithfulness(answer: str, context: str) -> float:

@@ -22,7 +22,7 @@ from llm.tokens import to_dataset
 from llm.train_loop import EXPORT_DIR, lm_train_loop
 from slipway.cli import JobFailed
 from slipway.config import ConfigError, StrictModel
-from slipway.storage import Storage
+from slipway.storage import Storage, local_cache
 from slipway.train.trainer import TrainerSettings, make_trainer
 
 
@@ -127,5 +127,4 @@ def local_export(run: LmRun) -> str:
     a copy under `~/.cache/slipway/exports/<run>`."""
     if "://" not in run.export_path:
         return run.export_path
-    cache = os.path.expanduser(os.path.join("~/.cache/slipway/exports", run.run_name))
-    return Storage(run.export_path).download(cache)
+    return Storage(run.export_path).download(local_cache("exports", run.run_name))

@@ -11,7 +11,6 @@ rollback moves an alias back to the version it pointed at before.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from slipway.storage import Storage
+from slipway.storage import Storage, local_cache
 
 # Architectures the registry can rebuild, by name; loading never runs code named by the data.
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
@@ -106,18 +105,16 @@ class Registry:
         self.storage.write_json(meta, *parts, "metadata.json")
         return ModelVersion(name, version, self.storage.uri(*parts), meta)
 
-    def fetch(self, name: str, ref: str | int = "champion", cache: str | None = None
-              ) -> tuple[str, ModelVersion]:
+    def fetch(self, name: str, ref: str | int = "champion") -> tuple[str, ModelVersion]:
         """A local folder holding the files of a folder-format version: the folder itself on a
-        local root, else a copy under `cache` (default `~/.cache/slipway/models`)."""
+        local root, else a copy under `~/.cache/slipway/models/`."""
         mv = self.get(name, ref)
         if mv.metadata.get("format") != "folder":
             raise RegistryError(f"{name} v{mv.version} is a weights file; use Registry.load")
         parts = (*self._dir(name, mv.version), "files")
         if self.storage.is_local:
             return self.storage.uri(*parts), mv
-        cache = cache or os.path.expanduser("~/.cache/slipway/models")
-        local = self.storage.download(os.path.join(cache, name, f"{mv.version:04d}"), *parts)
+        local = self.storage.download(local_cache("models", name, f"{mv.version:04d}"), *parts)
         return local, mv
 
     def _aliases(self, name: str) -> dict[str, Any]:

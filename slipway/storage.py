@@ -22,6 +22,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 
+def local_cache(*parts: str) -> str:
+    """A folder under `~/.cache/slipway/` for local copies of remote files (models, exports)."""
+    return os.path.join(os.path.expanduser("~/.cache/slipway"), *parts)
+
+
 class Storage:
     """Paths and small JSON documents under the configured root, on any pyarrow filesystem."""
 
