@@ -13,8 +13,9 @@ import pandas as pd
 import uvicorn
 from fastapi import FastAPI
 
+from serve_apps.classifier import answer
 from serve_apps.schemas import ClassifyRequest
-from slipway.models.scoring import predict_labels, predict_proba
+from slipway.models.scoring import predict_proba
 from slipway.registry import Registry
 from slipway.storage import Storage
 
@@ -22,16 +23,13 @@ from slipway.storage import Storage
 def make_app(root: str) -> FastAPI:
     """One route, /v1/classify, answering as the Serve app does."""
     model, mv = Registry(Storage(root)).load("article_topic", "champion")
-    labels = mv.metadata["labels"]
     app = FastAPI()
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> dict:
         proba = await asyncio.to_thread(predict_proba, model, mv, pd.DataFrame({"text":
                                                                                 body.texts}))
-        return {"model": mv.name, "version": mv.version, "predictions": [
-            {"label": label, "probabilities": dict(zip(labels, map(float, p), strict=True))}
-            for label, p in zip(predict_labels(proba, labels), proba, strict=True)]}
+        return answer(mv, proba)
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 from ray import serve
 
 from slipway.config import StrictModel, validate_config
 from slipway.models.scoring import predict_labels, predict_proba
-from slipway.registry import Registry
+from slipway.registry import ModelVersion, Registry
 from slipway.storage import Storage
 
 
@@ -24,6 +25,14 @@ class ClassifierConfig(StrictModel):
     ref: str | int = "champion"
     max_batch_size: int = Field(default=32, ge=1, description="1 turns batching off")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+def answer(mv: ModelVersion, proba: np.ndarray) -> dict:
+    """The classify answer for one request's class probabilities."""
+    labels = mv.metadata["labels"]
+    return {"model": mv.name, "version": mv.version, "predictions": [
+        {"label": label, "probabilities": dict(zip(labels, map(float, p), strict=True))}
+        for label, p in zip(predict_labels(proba, labels), proba, strict=True)]}
 
 
 @serve.deployment(user_config=ClassifierConfig().model_dump(), max_ongoing_requests=64,
@@ -51,14 +60,10 @@ class Classifier:
         model, mv = self.model, self.version
         texts = [t for r in requests for t in r]
         proba = await asyncio.to_thread(predict_proba, model, mv, pd.DataFrame({"text": texts}))
-        labels = mv.metadata["labels"]
         out, start = [], 0
         for r in requests:
-            part = proba[start:start + len(r)]
+            out.append(answer(mv, proba[start:start + len(r)]))
             start += len(r)
-            out.append({"model": mv.name, "version": mv.version, "predictions": [
-                {"label": label, "probabilities": dict(zip(labels, map(float, p), strict=True))}
-                for label, p in zip(predict_labels(part, labels), part, strict=True)]})
         return out
 
     async def classify(self, texts: list[str]) -> dict:

@@ -52,7 +52,7 @@ class Generator:
             kwargs.setdefault("max_loras", len(self.loras))
         self.engine = AsyncLLMEngine.from_engine_args(
             AsyncEngineArgs(model=base_path, tokenizer=base_path, **kwargs))
-        self.max_model_len = int(kwargs.get("max_model_len") or 2048)
+        self.max_model_len = self.engine.model_config.max_model_len
         self.tokenizer = load_tokenizer(base_path)
 
     def models(self) -> list[dict]:
