@@ -24,28 +24,29 @@ from slipway.storage import Storage
 
 TINY_LM = ["model.vocab_size=600", "model.hidden_size=64", "model.intermediate_size=128",
            "model.num_hidden_layers=2", "model.num_attention_heads=2",
-           "model.num_key_value_heads=2", "corpus.num_articles=400", "optim.epochs=2"]
+           "model.num_key_value_heads=2", "corpus.num_articles=200", "optim.epochs=1"]
 
 
 def build_platform(root: str) -> None:
-    """Run the jobs (small sizes) and promote each model to champion."""
+    """Run the jobs (small sizes, one training worker) and promote each model to champion."""
     common = [f"storage.root={root}", "tracking.mode=disabled"]
+    one = ["trainer.num_workers=1"]
     generate_job(load_config(GenerateConfig, "configs/generate.yaml", [
-        *common, "generator.num_events=6000", "generator.num_users=200",
+        *common, "generator.num_events=4000", "generator.num_users=200",
         "generator.num_articles=120", "generator.days=15"]))
     ingest_job(load_config(IngestConfig, "configs/ingest.yaml", common))
     features_job(load_config(FeaturesConfig, "configs/features.yaml", common))
     registry = Registry(Storage(root))
     for config, extra in (("configs/train_engagement.yaml",
-                           ["engagement.max_examples=2000", "model.epochs=2"]),
-                          ("configs/train_text.yaml", ["model.epochs=4"])):
+                           ["engagement.max_examples=2000", "model.epochs=1"]),
+                          ("configs/train_text.yaml", ["model.epochs=3", "text.embed_actors=1"])):
         result = train_job(load_config(TrainConfig, config,
-                                       [*common, "trainer.keep_checkpoints=null", *extra]))
+                                       [*common, *one, "trainer.keep_checkpoints=null", *extra]))
         registry.set_alias(result.version.name, "champion", result.version.version, "test")
     bootstrap_job(load_config(BootstrapConfig, "configs/bootstrap_llm.yaml",
-                              [*common, *TINY_LM]))
+                              [*common, *one, *TINY_LM]))
     adapter = finetune_job(load_config(FinetuneConfig, "configs/finetune_articles.yaml", [
-        *common, "optim.epochs=1", "optim.micro_batch_size=8", "data.max_articles=60",
+        *common, *one, "optim.epochs=1", "optim.micro_batch_size=8", "data.max_articles=40",
         "max_length=320"]))
     registry.set_alias(adapter.name, "champion", adapter.version, "test")
     build_index(load_config(BuildIndexConfig, "configs/build_index.yaml",
