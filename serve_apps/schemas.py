@@ -133,9 +133,10 @@ class RagResponse(BaseModel):
     usage: dict[str, int]
 
 
-class CompletionRequest(OpenAIBody):
-    model: str
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
+class Sampling(OpenAIBody):
+    """What completions and chat share: the served model and how to sample from it."""
+
+    model: str = Field(description="a served model: the base or an adapter (GET /v1/models)")
     max_tokens: int = Field(default=16, ge=1, le=256)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -144,6 +145,10 @@ class CompletionRequest(OpenAIBody):
     stream: bool = False
 
     _stop = field_validator("stop")(_stop_list)
+
+
+class CompletionRequest(Sampling):
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
 
 
 class Message(OpenAIBody):
@@ -151,17 +156,8 @@ class Message(OpenAIBody):
     content: Annotated[str, StringConstraints(max_length=8000)]
 
 
-class ChatRequest(OpenAIBody):
-    model: str
+class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1, max_length=32)
-    max_tokens: int = Field(default=16, ge=1, le=256)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: Stop | list[Stop] | None = None
-    seed: Seed | None = None
-    stream: bool = False
-
-    _stop = field_validator("stop")(_stop_list)
 
 
 class EmbeddingRequest(OpenAIBody):
