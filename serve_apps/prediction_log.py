@@ -47,6 +47,7 @@ class PredictionLog:
         self.written = 0
         self._files = 0
         self._task: asyncio.Task | None = None
+        self._flush_queued = False
         self._flushing = asyncio.Lock()
 
     def record(self, request_id: str, route: str, api_key: str, model: str, version: Any,
@@ -61,7 +62,8 @@ class PredictionLog:
             "latency_ms": latency_ms, "status": status})
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        if len(self.rows) >= self.settings.flush_rows:
+        if len(self.rows) >= self.settings.flush_rows and not self._flush_queued:
+            self._flush_queued = True  # one flush per full buffer, not one per request after it
             asyncio.get_running_loop().create_task(self.flush())
 
     async def _run(self) -> None:
@@ -72,6 +74,7 @@ class PredictionLog:
     async def flush(self) -> int:
         """Write what is buffered (in a thread) and return the number of rows written."""
         async with self._flushing:
+            self._flush_queued = False
             rows, self.rows = self.rows, []
             if not rows:
                 return 0
