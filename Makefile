@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 # DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup demo test lint redis bench-features bench-train bench-llm bench-serve clean
+.PHONY: setup demo test lint redis bench-features bench-train bench-llm bench-serve bench-drift clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,9 @@ bench-llm: setup
 
 bench-serve: setup
 	$(BIN)/python -m benchmarks.serve
+
+bench-drift: setup
+	$(BIN)/python -m benchmarks.drift
 
 clean:
 	rm -rf $(ROOT)

@@ -6,15 +6,36 @@ start with a `ConfigError` naming the key and the file.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key and the fix."""
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(
+    lambda moment: moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))]
+"""A datetime in config; one written without a time zone (`2026-02-07`) is UTC."""
+
+
+def _duration(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    import pandas as pd
+
+    try:
+        return pd.Timedelta(value).to_pytimedelta()
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 30min, 1h or 2d") from exc
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+"""A duration in config: `30min`, `1h`, `2d` (or seconds as a number)."""
 
 
 class StrictModel(BaseModel):

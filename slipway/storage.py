@@ -7,6 +7,8 @@ Layout under the root:
     quarantine/<dataset>/          rows that failed, as Parquet with `_reason` and `_source`
     features/<feature_view>/       feature tables with event timestamps (Feast offline store)
     feature_repo/                  Feast registry (registry.db) and the SQLite online store
+    predictions/<route>/date=.../  the Serve app's prediction log (slipway.predictions)
+    monitoring/<name>/<run_id>/    monitor summaries and reports; alert state per monitor
     runs/<job>/<run_id>.json       one manifest per job run: config, code and data versions, metrics
     wandb/                         W&B run files (local roots only; remote roots use a temp dir)
 """

@@ -11,7 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 from slipway.cli import JobFailed
-from slipway.config import StrictModel
+from slipway.config import StrictModel, UtcDatetime
 from slipway.features.definitions import VIEW_FIELDS
 from slipway.features.store import FeatureStoreSettings, open_store, training_set
 from slipway.models.engagement import EngagementMLP, Preprocessor
@@ -24,6 +24,8 @@ class EngagementData(StrictModel):
 
     max_examples: int | None = Field(default=50_000, ge=100,
                                      description="random sample of impressions; None: all")
+    until: UtcDatetime | None = Field(default=None, description="only impressions before this time "
+                                   "(UTC), e.g. to train as of a date for a backtest")
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
 
 
@@ -34,6 +36,8 @@ def load_examples(data: EngagementData, storage: Storage, seed: int) -> pd.DataF
         raise JobFailed(f"no curated events under {uri}; run jobs.ingest and jobs.features")
     labels = pd.read_parquet(uri, columns=["user_id", "article_id", "event_timestamp",
                                            "clicked"])
+    if data.until is not None:
+        labels = labels[labels["event_timestamp"] < pd.Timestamp(data.until)]
     if data.max_examples and len(labels) > data.max_examples:
         labels = labels.sample(data.max_examples, random_state=seed)
     labels = labels.rename(columns={"clicked": "label"})
