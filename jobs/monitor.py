@@ -106,7 +106,7 @@ def check_window(reference: pd.DataFrame, current: pd.DataFrame, columns: list[s
             out["prediction"] = _results(prediction_drift(reference, current, cfg.drift))
         if embeddings is not None:
             ref_x, cur_x = embeddings
-            out["embedding"] = embedding_drift(ref_x, cur_x[current.index], cfg.drift,
+            out["embedding"] = embedding_drift(ref_x, cur_x[current.index.to_numpy()], cfg.drift,
                                                cfg.seed).to_dict()
     if cfg.performance.enabled:
         out["labelled"] = int(current["label"].notna().sum())

@@ -16,7 +16,7 @@ from slipway.config import JobConfig, UtcDatetime
 from slipway.features.store import FeatureStoreSettings, open_store, training_set
 from slipway.models.engagement import CATEGORICAL, NUMERIC
 from slipway.models.scoring import predict_proba
-from slipway.predictions import log_row, write_rows
+from slipway.predictions import json_records, log_row, write_rows
 from slipway.registry import Registry
 from slipway.storage import Storage
 from slipway.tracking import track_run
@@ -33,10 +33,6 @@ class ReplayConfig(JobConfig):
     end: UtcDatetime | None = Field(default=None, description="impressions before this time")
     max_events: int | None = Field(default=None, ge=1, description="the earliest N in range")
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def main(cfg: ReplayConfig) -> int:
@@ -66,7 +62,7 @@ def main(cfg: ReplayConfig) -> int:
                        [{"article_id": record["article_id"], "score": float(score),
                          "features_found": bool(ok)}], 0.0)
                for event_id, ts, record, score, ok in zip(
-                   rows["event_id"], rows["event_timestamp"], _records(features), scores, found,
+                   rows["event_id"], rows["event_timestamp"], json_records(features), scores, found,
                    strict=True)]
         files = write_rows(storage, log, f"replay-{run.run_id}")
         run.log({"rows": len(log), "files": files})

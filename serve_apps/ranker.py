@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-import pandas as pd
 from ray import serve
 
 from slipway.features.store import FeatureStoreSettings, online_features, open_store
 from slipway.models.engagement import CATEGORICAL, NUMERIC
 from slipway.models.scoring import predict_proba
+from slipway.predictions import json_records
 from slipway.registry import Registry
 from slipway.storage import Storage
 
@@ -38,7 +38,7 @@ class Ranker:
                          key=lambda r: -r["score"])
         return {"model": self.version.name, "version": self.version.version,
                 "user_id": user_id, "ranking": ranking,
-                "features": _records(features)}
+                "features": json_records(features)}
 
     async def rank(self, user_id: int, article_ids: list[int]) -> dict:
         """The candidates ordered by click probability, with the features the model saw."""
@@ -47,8 +47,3 @@ class Ranker:
     def ready(self) -> dict:
         """The loaded model, for /readyz."""
         return {"model": self.version.name, "version": self.version.version}
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as JSON-ready dicts (missing values as None)."""
-    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")

@@ -66,14 +66,18 @@ def read_log(storage: Storage, route: str, model: str | None = None) -> pd.DataF
     if not storage.list_files("predictions", route_folder(route)):
         return SCHEMA.empty_table().to_pandas()
     dataset = pads.dataset(storage.uri("predictions", route_folder(route)), format="parquet",
-                           schema=SCHEMA, partitioning="hive", filesystem=storage.fs
-                           if not storage.is_local else None)
+                           schema=SCHEMA, partitioning="hive")
     table = dataset.to_table(columns=SCHEMA.names)
     frame = table.to_pandas()
     frame = frame[frame["status"] == 200]
     if model is not None:
         frame = frame[frame["model"] == model]
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def json_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts (missing values as None), as the log stores features."""
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def flatten(log: pd.DataFrame, route: str) -> pd.DataFrame:

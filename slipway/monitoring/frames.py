@@ -126,8 +126,9 @@ def join_labels(rows: pd.DataFrame, storage: Storage, settings: LabelSettings) -
 
 
 def windows(rows: pd.DataFrame, settings: WindowSettings) -> list[pd.DataFrame]:
-    """The latest `settings.last` windows of `rows` (sorted by time), oldest first."""
-    rows = rows.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    """The latest `settings.last` windows of `rows` (sorted by time, index kept), oldest
+    first."""
+    rows = rows.sort_values("timestamp", kind="stable")
     if settings.by == "time":
         groups = [g for _, g in rows.groupby(pd.Grouper(key="timestamp", freq=settings.size))]
     else:
