@@ -30,6 +30,7 @@ from slipway.monitoring.checks import (
     performance,
     prediction_drift,
     univariate,
+    window_checks,
 )
 from slipway.monitoring.frames import (
     ReferenceSettings,
@@ -124,11 +125,7 @@ def active_checks(summary: dict) -> dict[str, str]:
     tested = [w for w in summary["windows"] if w["tested"]]
     if tested:
         latest = tested[-1]
-        groups = {**{f"feature:{k}": v for k, v in latest["features"].items()},
-                  **{f"prediction:{k}": v for k, v in latest.get("prediction", {}).items()}}
-        if latest.get("embedding"):
-            groups["embedding"] = latest["embedding"]
-        for key, r in groups.items():
+        for key, r in window_checks(latest).items():
             if r["drifted"]:
                 active[key] = (f"{key} drifted in the window from {latest['start'][:16]}: "
                                f"{r['method']} {r['statistic']:.3g}"
@@ -154,14 +151,8 @@ def export_gauges(name: str, summary: dict) -> None:
     score = Gauge("slipway_monitor_score", "Monitor check score (>= 1: over threshold)",
                   tag_keys=("monitor", "check"))
     tested = [w for w in summary["windows"] if w["tested"]]
-    if tested:
-        latest = tested[-1]
-        for key, r in latest["features"].items():
-            score.set(r["score"], tags={"monitor": name, "check": f"feature:{key}"})
-        for key, r in latest.get("prediction", {}).items():
-            score.set(r["score"], tags={"monitor": name, "check": f"prediction:{key}"})
-        if latest.get("embedding"):
-            score.set(latest["embedding"]["score"], tags={"monitor": name, "check": "embedding"})
+    for key, r in (window_checks(tested[-1]) if tested else {}).items():
+        score.set(r["score"], tags={"monitor": name, "check": key})
     for window in [w for w in summary["windows"] if w.get("degradation")][-1:]:
         for key, d in window["degradation"].items():
             score.set(d["score"], tags={"monitor": name, "check": f"performance:{key}"})

@@ -71,6 +71,16 @@ class PerformanceSettings(StrictModel):
     min_labels: int = Field(default=200, ge=10)
 
 
+def window_checks(window: dict) -> dict[str, dict]:
+    """Every drift result of a summarised window, keyed as alerts, gauges and the report key
+    them: `feature:<name>`, `prediction:<column>`, `embedding`."""
+    out = {f"feature:{k}": v for k, v in window.get("features", {}).items()}
+    out.update({f"prediction:{k}": v for k, v in window.get("prediction", {}).items()})
+    if window.get("embedding"):
+        out["embedding"] = window["embedding"]
+    return out
+
+
 def univariate(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str],
                settings: DriftSettings) -> dict[str, Result]:
     """One detector per column, chosen by type and size unless a rule names it; the tests'

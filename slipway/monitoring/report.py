@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from slipway.monitoring.checks import window_checks  # noqa: E402
 from slipway.monitoring.detectors import is_numeric  # noqa: E402
 
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
@@ -29,27 +30,19 @@ def _png(fig: plt.Figure) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _checks(window: dict) -> dict[str, dict]:
-    """Every drift result of a window, keyed as the alerts key them."""
-    out = {f"feature:{k}": v for k, v in window.get("features", {}).items()}
-    out.update({f"prediction:{k}": v for k, v in window.get("prediction", {}).items()})
-    if window.get("embedding"):
-        out["embedding"] = window["embedding"]
-    return out
-
-
 def score_heatmap(summary: dict) -> str:
     """Drift score (1 = threshold) of every check in every window."""
     wins = [w for w in summary["windows"] if w.get("tested")]
-    keys = sorted({k for w in wins for k in _checks(w)})
+    checks = [window_checks(w) for w in wins]
+    keys = sorted({k for c in checks for k in c})
     if not keys:
         return "<p>No window had enough rows to test.</p>"
-    grid = np.array([[_checks(w).get(k, {}).get("score", np.nan) for w in wins] for k in keys])
+    grid = np.array([[c.get(k, {}).get("score", np.nan) for c in checks] for k in keys])
     fig, ax = plt.subplots(figsize=(min(2 + 0.5 * len(wins), 14), 1 + 0.28 * len(keys)))
     image = ax.imshow(np.clip(grid, 0, 3), aspect="auto", cmap="RdYlGn_r", vmin=0, vmax=3)
     for i, k in enumerate(keys):
-        for j, w in enumerate(wins):
-            if _checks(w).get(k, {}).get("drifted"):
+        for j, c in enumerate(checks):
+            if c.get(k, {}).get("drifted"):
                 ax.text(j, i, "x", ha="center", va="center", fontsize=8)
     ax.set_yticks(range(len(keys)), keys, fontsize=7)
     ax.set_xticks(range(len(wins)), [w["start"][:16] for w in wins], rotation=60, fontsize=7)
@@ -107,7 +100,7 @@ def performance_plot(summary: dict) -> str:
 
 def _table(window: dict) -> str:
     rows = []
-    for key, r in sorted(_checks(window).items(), key=lambda kv: -kv[1]["score"]):
+    for key, r in sorted(window_checks(window).items(), key=lambda kv: -kv[1]["score"]):
         p = "" if r.get("p_value") is None else f"{r['p_value']:.3g}"
         cls = "bad" if r["drifted"] else ""
         rows.append(f'<tr class="{cls}"><td>{html.escape(key)}</td><td>{r["method"]}</td>'
