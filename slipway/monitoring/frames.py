@@ -127,12 +127,13 @@ def join_labels(rows: pd.DataFrame, storage: Storage, settings: LabelSettings) -
 
 def windows(rows: pd.DataFrame, settings: WindowSettings) -> list[pd.DataFrame]:
     """The latest `settings.last` windows of `rows` (sorted by time, index kept), oldest
-    first."""
+    first. Count windows are cut back from the newest row, so the latest one is full."""
     rows = rows.sort_values("timestamp", kind="stable")
     if settings.by == "time":
         groups = [g for _, g in rows.groupby(pd.Grouper(key="timestamp", freq=settings.size))]
     else:
-        groups = [g for _, g in rows.groupby(np.arange(len(rows)) // settings.rows)]
+        back = (len(rows) - 1 - np.arange(len(rows))) // settings.rows
+        groups = [g for _, g in rows.groupby(back)][::-1]
     groups = [g for g in groups if len(g)]
     return groups[-settings.last:] if settings.last else groups
 

@@ -17,6 +17,7 @@ from jobs.monitor import MonitorConfig, main, run_once
 from slipway.cli import JobFailed
 from slipway.config import load_config
 from slipway.storage import Storage
+from tests.metrics import samples, scrape
 from tests.monitor.conftest import DRIFT_START, DWELL_FEATURES
 
 # Two-day windows from Jan 31: three end before the drift starts, one holds its first day, three
@@ -85,6 +86,14 @@ def test_feature_drift_flags_the_drifted_features_and_only_those(drift_roots, we
     assert "user_dwell_mean_7d" in page and page.count("data:image/png;base64") >= 3
     summary = storage.read_json(*report[:-1], "summary.json")
     assert set(summary["active"]) == set(result.summary["active"])
+    # The scores are live gauges on Ray's Prometheus endpoint.
+    text = scrape(lambda t: "slipway_monitor_active" in t and "user_dwell_mean_7d" in t)
+    scores = {labels["check"]: value for labels, value
+              in samples(text, "ray_slipway_monitor_score", monitor="engagement")}
+    assert all(scores[f"feature:{name}"] >= 1.0 for name in DWELL_FEATURES), scores
+    assert scores["feature:user_ctr_7d"] < 1.0
+    active = samples(text, "ray_slipway_monitor_active", monitor="engagement")
+    assert [value for _, value in active] == [len(result.summary["active"])]
     # The drift persists: the next run alerts no one (deduplicated) but still reports it.
     again = run_once(monitor(root, f"alerts.webhook_url={webhook}"))
     assert again.summary["active"].keys() == result.summary["active"].keys()

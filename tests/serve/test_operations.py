@@ -13,6 +13,7 @@ import torch
 
 from slipway.registry import Registry
 from slipway.storage import Storage
+from tests.metrics import scrape
 from tests.serve.conftest import KEYS
 
 
@@ -108,13 +109,7 @@ def test_route_metrics_reach_rays_prometheus_endpoint(api):
     for _ in range(3):
         api.post("/v1/retrieve", json={"query": "markets", "k": 2})
     api.post("/v1/retrieve", json={"query": "markets", "k": 0})
-    port = ray.nodes()[0]["MetricsExportPort"]
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if 'route="/v1/retrieve"' in text and "slipway_errors_total" in text:
-            break
-        time.sleep(2)
+    text = scrape(lambda t: 'route="/v1/retrieve"' in t and "slipway_errors_total" in t)
     lines = [line for line in text.splitlines() if 'route="/v1/retrieve"' in line]
     assert any(line.startswith("ray_slipway_requests_total") and 'status="200"' in line
                for line in lines), lines[:5]
