@@ -3,8 +3,9 @@ config and inputs have not changed since it last succeeded (records under `<root
 
     python -m jobs.pipeline --config configs/pipeline.yaml [--from STAGE | --only STAGE]
 
-`--from` runs that stage and every later one; `--only` runs that one. Either forces the stages it
-selects. The pipeline's storage, Ray and tracking sections apply to every stage.
+`--from STAGE` skips the stages before it and forces STAGE; the later ones run when their config or
+inputs changed, as usual. `--only STAGE` forces that one stage alone. The pipeline's storage, Ray
+and tracking sections apply to every stage.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class PipelineConfig(JobConfig):
     """The stages, in order, and which of them to force."""
 
     stages: list[Stage] = Field(min_length=1)
-    start_at: str | None = Field(default=None, description="--from: force this and later stages")
+    start_at: str | None = Field(default=None, description="--from: start at this stage, forced")
     only: str | None = Field(default=None, description="--only: run just this stage")
 
     @model_validator(mode="after")
@@ -55,7 +56,7 @@ def main(cfg: PipelineConfig) -> dict[str, str]:
             print(f"== {stage.name}: skipped (before --from)")
             continue
         stage_cfg = stage_config(stage, cfg)
-        step = plan(stage, stage_cfg, storage, force=bool(cfg.only or cfg.start_at))
+        step = plan(stage, stage_cfg, storage, force=stage.name in (cfg.only, cfg.start_at))
         if step.action != "run":
             outcomes[stage.name] = {"skip": "skipped", "wait": "waiting"}[step.action]
             print(f"== {stage.name}: {outcomes[stage.name]} ({step.reason})")

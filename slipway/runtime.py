@@ -5,24 +5,37 @@ The runtime environment that jobs need on every worker is declared here, once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 
 import ray
 from ray.data import DataContext
 
 from slipway.config import RayConfig
 
+# Set by Ray in the driver of a submitted job: its runtime env and metadata, as JSON.
+SUBMITTED_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Environment every worker needs; values come from the driver's environment when set there.
 WORKER_ENV_VARS = ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "SLIPWAY_GIT_SHA",
                    "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE")
 
 
 def runtime_env() -> dict:
-    """The runtime environment for this project's Ray workers."""
+    """The runtime environment for this project's Ray workers. Under `ray job submit`, variables
+    the submission's own runtime env sets are left to it (Ray refuses to merge the same key)."""
     env = {name: os.environ[name] for name in WORKER_ENV_VARS if name in os.environ}
     env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
-    return {"env_vars": env}
+    submitted = json.loads(os.environ.get(SUBMITTED_JOB_CONFIG, "{}")).get("runtime_env") or {}
+    return {"env_vars": {k: v for k, v in env.items() if k not in submitted.get("env_vars", {})}}
+
+
+def job_metadata() -> dict[str, str]:
+    """What the dashboard shows for this driver: the job module and its arguments."""
+    main = sys.modules["__main__"]
+    module = main.__spec__.name if getattr(main, "__spec__", None) else sys.argv[0]
+    return {"slipway_job": module, "slipway_args": " ".join(sys.argv[1:])[:1000]}
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -34,6 +47,7 @@ def init_ray(cfg: RayConfig) -> None:
             "logging_level": logging.WARNING,
             "log_to_driver": True,
             "namespace": "slipway",
+            "job_config": ray.job_config.JobConfig(metadata=job_metadata()),
         }
         if address is None:
             kwargs["num_cpus"] = cfg.num_cpus

@@ -1,5 +1,5 @@
 """The pipeline job on a small world: every stage runs once, a second run skips them all, a
-changed config reruns that stage and what follows from it, and --only / --from force stages."""
+changed config reruns that stage and what follows from it, and --only / --from force a stage."""
 
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def test_stages_run_once_then_skip_until_their_config_or_inputs_change(tmp_path,
 
     cli(["--config", config, "--only", "features"])
     assert outcomes(capsys) == {"features": "running"}
-    cli(["--config", config, "--from", "evaluate"])
+    cli(["--config", config, "--from", "evaluate"])  # forced; promote's inputs are as they were
     assert outcomes(capsys) == {**dict.fromkeys(STAGES[:4], "skipped"), "evaluate": "running",
-                                "promote": "running", "monitor": "waiting"}
+                                "promote": "skipped", "monitor": "waiting"}
 
 
 def test_a_failing_stage_stops_the_pipeline_and_names_the_rerun(tmp_path, root, capsys,

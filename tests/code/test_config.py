@@ -89,7 +89,9 @@ def test_every_shipped_config_validates_against_its_job():
             "build_index": "jobs.build_index:BuildIndexConfig",
             "monitor": "jobs.monitor:MonitorConfig",
             "monitor_topics": "jobs.monitor:MonitorConfig",
-            "pipeline": "jobs.pipeline:PipelineConfig"}
+            "pipeline": "jobs.pipeline:PipelineConfig",
+            "production/pipeline": "jobs.pipeline:PipelineConfig",
+            "production/monitor": "jobs.monitor:MonitorConfig"}
     shipped = {str(p.relative_to("configs").with_suffix(""))
                for p in Path("configs").rglob("*.yaml") if p.parts[1] not in ("behaviour", "serve")}
     assert shipped == set(jobs), "map each shipped config to its job here"

@@ -1,0 +1,112 @@
+"""Cluster definitions: the launcher YAMLs pass the schema inside the `ray` package, the KubeRay
+manifests carry the fields KubeRay requires, and every job, config and Serve config they name
+loads (production configs included)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from slipway.config import load_config
+from slipway.pipeline import Stage, job_entry, stage_config
+
+MANIFESTS = {p.name: yaml.safe_load(p.read_text()) for p in Path("cluster/kuberay").glob("*.yaml")}
+
+
+def ray_schema() -> dict:
+    import ray.autoscaler
+
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+@pytest.mark.parametrize("path", ["cluster/aws.yaml", "cluster/gcp.yaml"])
+def test_launcher_configs_pass_rays_schema(path):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load(Path(path).read_text())
+    jsonschema.validate(config, ray_schema())
+    validate_config(prepare_config(config))  # as `ray up` checks it, defaults filled
+    types = config["available_node_types"]
+    assert config["head_node_type"] == "head" and {"cpu_worker", "gpu_worker"} <= set(types)
+    for name in ("cpu_worker", "gpu_worker"):  # autoscaled groups
+        assert types[name]["max_workers"] > types[name]["min_workers"]
+    gpu = types["gpu_worker"]["node_config"]
+    assert gpu.get("guestAccelerators") or gpu.get("InstanceType", "").startswith(("g", "p"))
+    assert config["file_mounts"] == {"/home/ray/slipway": "."}
+    typo = {**config, "available_node_types": {**types, "gpu_worker": {
+        **types["gpu_worker"], "min_worker": 1}}}
+    with pytest.raises(jsonschema.ValidationError, match="min_worker"):
+        jsonschema.validate(typo, ray_schema())
+
+
+def check_cluster_spec(spec: dict) -> None:
+    """What KubeRay needs of a RayCluster spec, plus our autoscaling and GPU group."""
+    assert spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict)
+    groups = [head["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    for template in groups:
+        containers = template["spec"]["containers"]
+        assert containers and all(c["name"] and c["image"] for c in containers)
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"] and isinstance(group["rayStartParams"], dict)
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    limits = [c["resources"]["limits"] for g in spec["workerGroupSpecs"]
+              for c in g["template"]["spec"]["containers"]]
+    assert any("nvidia.com/gpu" in lim for lim in limits)
+
+
+def check_job_spec(spec: dict) -> None:
+    """A RayJob spec: an entrypoint of one of our jobs whose config loads, and a cluster."""
+    assert spec.get("clusterSelector") or spec.get("rayClusterSpec")
+    words = shlex.split(spec["entrypoint"])
+    assert words[:2] == ["python", "-m"] and words[2].startswith("jobs.")
+    _, model = job_entry(Stage(name="x", job=words[2].removeprefix("jobs.")))
+    config = words[words.index("--config") + 1]
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    load_config(model, config, sets)
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"] == "/home/ray/slipway"
+
+
+def test_kuberay_manifests_carry_what_kuberay_requires():
+    kinds = {m["kind"]: m for m in MANIFESTS.values()}
+    assert set(kinds) == {"RayCluster", "RayJob", "RayCronJob", "RayService"}
+    assert all(m["apiVersion"] == "ray.io/v1" for m in MANIFESTS.values())
+    check_cluster_spec(kinds["RayCluster"]["spec"])
+    check_job_spec(kinds["RayJob"]["spec"])
+    cron = kinds["RayCronJob"]["spec"]
+    assert len(cron["schedule"].split()) == 5
+    check_job_spec(cron["jobTemplate"])
+
+
+def test_rayservice_embeds_the_production_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_apps.settings import AppSettings
+
+    spec = next(m for m in MANIFESTS.values() if m["kind"] == "RayService")["spec"]
+    embedded = yaml.safe_load(spec["serveConfigV2"])
+    assert embedded == yaml.safe_load(Path("configs/serve/production.yaml").read_text())
+    for app in ServeDeploySchema.model_validate(embedded).applications:
+        settings = AppSettings.model_validate(app.args)
+        assert settings.storage_root.startswith("s3://")
+        assert settings.feature_store.online_store.type == "redis"
+    generator = next(d for d in embedded["applications"][0]["deployments"]
+                     if d["name"] == "Generator")
+    assert generator["ray_actor_options"]["num_gpus"] == 1
+    check_cluster_spec(spec["rayClusterConfig"])
+
+
+@pytest.mark.parametrize("path", ["configs/pipeline.yaml", "configs/production/pipeline.yaml"])
+def test_every_pipeline_stage_config_loads(path):
+    from jobs.pipeline import PipelineConfig
+
+    pipeline = load_config(PipelineConfig, path)
+    for stage in pipeline.stages:
+        cfg = stage_config(stage, pipeline)
+        assert cfg.storage.root == pipeline.storage.root
