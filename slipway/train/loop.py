@@ -94,6 +94,8 @@ def train_loop(config: dict[str, Any]) -> None:
         base.load_state_dict(state["model"], strict=not hasattr(base, "trained_state"))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        if context.get_world_rank() == 0:
+            print(f"resuming from the checkpoint of epoch {state['epoch']}", flush=True)
 
     run = rank_zero_run(config)
     inputs = config["inputs"]
