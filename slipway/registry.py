@@ -170,6 +170,8 @@ class Registry:
         if mv.metadata.get("format") == "folder":
             raise RegistryError(f"{name} v{mv.version} is a {mv.metadata['kind']} folder; "
                                 "use Registry.fetch")
+        import slipway.models  # noqa: F401 (registers the shipped architectures)
+
         arch = mv.metadata["architecture"]
         if arch["name"] not in ARCHITECTURES:
             raise RegistryError(f"{name} v{mv.version} needs architecture {arch['name']!r}, "

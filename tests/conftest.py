@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session, a Redis server, and a scratch storage root."""
+"""Shared fixtures: one local Ray per test session, a Redis server, the platform root that the
+notebooks and the Serve app share, and a scratch storage root."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def redis_url() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def platform_root(tmp_path_factory, ray_session) -> str:
+    """A small root with every model trained and promoted (benchmarks.platform), built once."""
+    from benchmarks.platform import build_platform
+
+    root = str(tmp_path_factory.mktemp("platform") / "root")
+    build_platform(root)
+    return root
 
 
 @pytest.fixture

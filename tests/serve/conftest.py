@@ -1,5 +1,5 @@
 """The Serve app on the session's local Ray, deployed from `configs/serve/app.yaml` the way
-`serve deploy` does, bound to 127.0.0.1 on a free port, over a small platform root."""
+`serve deploy` does, bound to 127.0.0.1 on a free port, over the session's platform root."""
 
 from __future__ import annotations
 
@@ -11,17 +11,9 @@ import pytest
 import yaml
 
 from benchmarks.common import free_port
-from benchmarks.platform import build_platform
 from serve_apps.client import wait_ready
 
 KEYS = {"tester": "sk-test-0123456789", "slow": "sk-slow-abcdef"}
-
-
-@pytest.fixture(scope="session")
-def platform_root(tmp_path_factory, ray_session) -> str:
-    root = str(tmp_path_factory.mktemp("platform") / "root")
-    build_platform(root)
-    return root
 
 
 @pytest.fixture(scope="session")
