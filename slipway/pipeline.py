@@ -70,8 +70,9 @@ def stage_config(stage: Stage, shared: JobConfig) -> JobConfig:
 
 
 def config_hash(cfg: JobConfig) -> str:
-    """A short hash of a resolved config (tracking settings excluded: they change no output)."""
-    text = cfg.model_dump_json(exclude={"tracking"})
+    """A short hash of a resolved config. Tracking and the Ray address change no output, so the
+    same stage run on a laptop's Ray and on a cluster counts as the same."""
+    text = cfg.model_dump_json(exclude={"tracking", "ray"})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

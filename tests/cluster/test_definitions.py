@@ -110,3 +110,17 @@ def test_every_pipeline_stage_config_loads(path):
     for stage in pipeline.stages:
         cfg = stage_config(stage, pipeline)
         assert cfg.storage.root == pipeline.storage.root
+
+
+def test_a_submissions_own_env_vars_are_left_to_it(monkeypatch):
+    from slipway.runtime import SUBMITTED_JOB_CONFIG, runtime_env
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert {"HF_HUB_OFFLINE", "WANDB_MODE"} <= set(runtime_env()["env_vars"])
+    # `ray job submit --runtime-env-json '{"env_vars": {"WANDB_MODE": "online"}}'`: Ray fails a
+    # driver that sets the same key again, so the driver leaves it out.
+    monkeypatch.setenv(SUBMITTED_JOB_CONFIG, json.dumps(
+        {"runtime_env": {"env_vars": {"WANDB_MODE": "online"}}, "metadata": {}}))
+    env = runtime_env()["env_vars"]
+    assert "WANDB_MODE" not in env and env["HF_HUB_OFFLINE"] == "1"
