@@ -53,8 +53,7 @@ def pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
                                             num_users=1, topic_weights=topic)).articles
         titles.append(articles["title"].to_numpy(dtype=object))
     embedder = Embedder(DEFAULT_ENCODER, 64)
-    out["title_embedding"] = [np.concatenate([embedder({"text": t[i:i + 512]})["x"]
-                                              for i in range(0, len(t), 512)]) for t in titles]
+    out["title_embedding"] = [embedder.embed(t.tolist(), batch_size=512) for t in titles]
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 

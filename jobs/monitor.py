@@ -84,13 +84,6 @@ class MonitorResult:
     retrain_job: str | None
 
 
-def _embed(texts: pd.Series, cfg: MonitorConfig) -> np.ndarray:
-    embedder = Embedder(cfg.drift.embedding.encoder, cfg.drift.embedding.max_length)
-    out = [embedder({"text": texts.iloc[i:i + 256].to_numpy(dtype=object)})["x"]
-           for i in range(0, len(texts), 256)]
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-
 def _results(results: dict) -> dict:
     return {k: r.to_dict() for k, r in results.items()}
 
@@ -209,7 +202,9 @@ def run_once(cfg: MonitorConfig) -> MonitorResult:
         if cfg.drift.embedding.enabled and "text" in current and "text" in reference:
             sample = reference.sample(min(len(reference), cfg.drift.embedding.max_rows),
                                       random_state=cfg.seed)
-            embeddings = (_embed(sample["text"], cfg), _embed(current["text"], cfg))
+            embedder = Embedder(cfg.drift.embedding.encoder, cfg.drift.embedding.max_length)
+            embeddings = (embedder.embed(sample["text"].tolist()),
+                          embedder.embed(current["text"].tolist()))
         columns = feature_columns(reference, current, cfg.drift.features, cfg.drift.exclude)
         baseline = cfg.performance.baseline or (
             performance(reference) if cfg.performance.enabled and "label" in reference else {})

@@ -208,7 +208,7 @@ class VectorIndex:
 
 def embed_queries(texts: list[str], encoder: str, max_length: int) -> np.ndarray:
     """Query embeddings with the index's encoder (in this process)."""
-    return Embedder(encoder, max_length)({"text": np.asarray(texts, dtype=object)})["x"]
+    return Embedder(encoder, max_length).embed(texts)
 
 
 @dataclass

@@ -8,6 +8,8 @@ over the attention mask and L2-normalised, as sentence-transformers does for Min
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -124,3 +126,11 @@ class Embedder:
         x = self.model.embed(torch.from_numpy(tokens["input_ids"]),
                              torch.from_numpy(tokens["attention_mask"]))
         return {**batch, "x": x.numpy().astype(np.float32)}
+
+    def embed(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Embeddings of `texts` in this process, `batch_size` at a time (rows x dimensions)."""
+        chunks = [self({"text": np.asarray(texts[i:i + batch_size], dtype=object)})["x"]
+                  for i in range(0, len(texts), batch_size)]
+        if not chunks:
+            return np.zeros((0, self.model.encoder.config.hidden_size), np.float32)
+        return np.concatenate(chunks)

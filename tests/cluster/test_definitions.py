@@ -100,6 +100,8 @@ def test_rayservice_embeds_the_production_serve_config():
                      if d["name"] == "Generator")
     assert generator["ray_actor_options"]["num_gpus"] == 1
     check_cluster_spec(spec["rayClusterConfig"])
+    cluster = next(m for m in MANIFESTS.values() if m["kind"] == "RayCluster")["spec"]
+    assert spec["rayClusterConfig"] == cluster  # one cluster shape, written in two manifests
 
 
 @pytest.mark.parametrize("path", ["configs/pipeline.yaml", "configs/production/pipeline.yaml"])
@@ -110,6 +112,15 @@ def test_every_pipeline_stage_config_loads(path):
     for stage in pipeline.stages:
         cfg = stage_config(stage, pipeline)
         assert cfg.storage.root == pipeline.storage.root
+
+
+def test_production_pipeline_has_the_default_stages_but_the_generator():
+    from jobs.pipeline import PipelineConfig
+
+    default, production = (load_config(PipelineConfig, f"configs/{p}pipeline.yaml")
+                           for p in ("", "production/"))
+    shape = [(s.name, s.job, s.inputs, s.gate) for s in default.stages if s.job != "generate"]
+    assert [(s.name, s.job, s.inputs, s.gate) for s in production.stages] == shape
 
 
 def test_a_submissions_own_env_vars_are_left_to_it(monkeypatch):
