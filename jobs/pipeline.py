@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig
@@ -30,15 +30,21 @@ class PipelineConfig(JobConfig):
     start_at: str | None = Field(default=None, description="--from: start at this stage, forced")
     only: str | None = Field(default=None, description="--only: run just this stage")
 
-    @model_validator(mode="after")
-    def _names(self) -> PipelineConfig:
-        names = [s.name for s in self.stages]
+    @field_validator("stages")
+    @classmethod
+    def _unique(cls, stages: list[Stage]) -> list[Stage]:
+        names = [s.name for s in stages]
         if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique: {names}")
-        for field in ("start_at", "only"):
-            if getattr(self, field) not in (None, *names):
-                raise ValueError(f"{field}: no stage {getattr(self, field)!r}; stages: {names}")
-        return self
+            raise ValueError(f"stage names must be unique; rename the repeated ones in {names}")
+        return stages
+
+    @field_validator("start_at", "only")
+    @classmethod
+    def _a_stage(cls, name: str | None, info: ValidationInfo) -> str | None:
+        names = [s.name for s in info.data.get("stages", [])]
+        if name is not None and name not in names:
+            raise ValueError(f"no stage {name!r}; pick one of {names}")
+        return name
 
 
 def main(cfg: PipelineConfig) -> dict[str, str]:

@@ -73,3 +73,11 @@ def test_a_failing_stage_stops_the_pipeline_and_names_the_rerun(tmp_path, root, 
     assert "stage ingest failed: events:" in err and "python -m jobs.pipeline --from ingest" in err
     assert not Storage(root).exists("pipeline", "ingest.json")
     assert Storage(root).exists("pipeline", "generate.json")
+
+
+def test_an_unknown_stage_is_refused_with_the_stage_names(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli(["--config", "configs/pipeline.yaml", "--only", "trian"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "only: Value error, no stage 'trian'; pick one of" in err and "'train'" in err
