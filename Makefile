@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE ?= 1
 # DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup demo test lint redis bench-features bench-train bench-llm bench-serve bench-drift clean
+.PHONY: setup demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,7 +77,12 @@ demo: setup
 
 test: setup redis
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# The inner loop: pure code tests (no Ray, no servers), under 2 minutes.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests/code
 
 lint: setup
 	$(BIN)/ruff check .

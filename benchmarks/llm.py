@@ -61,8 +61,9 @@ def memory(root: str, hidden: int, layers: int) -> dict:
     """Per-worker memory and tokens/s of one LoRA epoch under each DeepSpeed config."""
     from jobs.finetune_llm import FinetuneConfig
     from jobs.finetune_llm import main as finetune_job
-    from llm.base import load_tokenizer, resolve
+    from llm.base import resolve
     from llm.bootstrap import LlamaShape, init_model
+    from slipway.models.hf import load_tokenizer
     from slipway.registry import Registry
     from slipway.storage import Storage
 

@@ -153,8 +153,9 @@ def generation(root: str, hidden: int, layers: int, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
-    from llm.base import load_causal_lm, load_tokenizer, resolve
+    from llm.base import load_causal_lm, resolve
     from llm.bootstrap import LlamaShape, init_model
+    from slipway.models.hf import load_tokenizer
     from slipway.storage import Storage, local_cache
 
     tokenizer = load_tokenizer(resolve("registry:base_lm", Storage(root))[0])
@@ -243,7 +244,7 @@ def main() -> None:
         root = os.path.abspath("benchmarks/.serve-root")
         if not os.path.exists(f"{root}/indexes"):
             ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-            build_platform(root)
+            build_platform(root, f"{root}.pipeline.yaml")
             ray.shutdown()
     served = serve_side(root, opts.requests, opts.rag_requests)
     plain = plain_side(root, opts.requests)

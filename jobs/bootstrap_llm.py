@@ -22,7 +22,7 @@ from llm.bootstrap import (
     split_documents,
     train_tokenizer,
 )
-from llm.finetune import OptimSettings, local_export, loop_config, run_lm_training
+from llm.finetune import OptimSettings, lm_loop_config, local_export, run_lm_training
 from llm.tokens import encode_blocks
 from slipway.cli import run_job
 from slipway.config import JobConfig
@@ -68,7 +68,7 @@ def main(cfg: BootstrapConfig) -> ModelVersion:
             init_model(cfg.model, tokenizer, cfg.seed).save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             init = storage.upload(folder, "llm", "init", run.run_id)
-        config = loop_config(init, storage, cfg.optim,
+        config = lm_loop_config(init, storage, cfg.optim,
                              cfg.trainer, lora=None, train_rows=len(arrays["train"]["input_ids"]),
                              seed=cfg.seed,
                              wandb=worker_wandb(cfg, storage, "bootstrap_llm", run.run_id))

@@ -16,10 +16,11 @@ import json
 import pandas as pd
 from pydantic import Field
 
-from llm.base import load_causal_lm, load_tokenizer, load_tuned, resolve
+from llm.base import load_causal_lm, load_tuned, resolve
 from llm.evaluate import evaluate, gate_metrics
 from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig
+from slipway.models.hf import load_tokenizer
 from slipway.registry import Registry
 from slipway.storage import Storage
 from slipway.tracking import track_run

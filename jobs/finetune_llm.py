@@ -14,13 +14,14 @@ import os
 import ray
 from pydantic import Field
 
-from llm.base import REGISTRY_PREFIX, load_tokenizer, resolve
-from llm.finetune import LoraSettings, OptimSettings, local_export, loop_config, run_lm_training
+from llm.base import REGISTRY_PREFIX, resolve
+from llm.finetune import LoraSettings, OptimSettings, lm_loop_config, local_export, run_lm_training
 from llm.instructions import InstructionData, build
 from llm.tokens import encode_examples
 from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig
 from slipway.data.tables import locate
+from slipway.models.hf import load_tokenizer
 from slipway.registry import ModelVersion, Registry
 from slipway.runtime import init_ray
 from slipway.storage import Storage
@@ -70,7 +71,7 @@ def main(cfg: FinetuneConfig) -> ModelVersion:
         for name, version in versions.items():
             run.add_data_version(name, version)
         split_uri = save_splits(splits, storage, cfg.model_name, run.run_id)
-        config = loop_config(
+        config = lm_loop_config(
             base, storage, cfg.optim, cfg.trainer, cfg.lora,
             train_rows=len(arrays["train"]["input_ids"]), seed=cfg.seed,
             fail_at_epoch=cfg.fail_at_epoch,

@@ -11,9 +11,10 @@ import tempfile
 
 from pydantic import Field
 
-from llm.base import load_tokenizer, load_tuned, resolve
+from llm.base import load_tuned, resolve
 from slipway.cli import run_job
 from slipway.config import JobConfig
+from slipway.models.hf import load_tokenizer
 from slipway.registry import ModelVersion, Registry
 from slipway.storage import Storage
 from slipway.tracking import track_run

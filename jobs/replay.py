@@ -14,7 +14,7 @@ from pydantic import Field
 from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig, UtcDatetime
 from slipway.features.store import FeatureStoreSettings, open_store, training_set
-from slipway.models.engagement import CATEGORICAL, NUMERIC
+from slipway.models.engagement import CATEGORICAL, NUMERIC, features_found
 from slipway.models.scoring import predict_proba
 from slipway.predictions import json_records, log_row, write_rows
 from slipway.registry import Registry
@@ -56,7 +56,7 @@ def main(cfg: ReplayConfig) -> int:
         rows = rows.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
         scores = predict_proba(model, mv, rows)
         features = rows[["user_id", "article_id", *NUMERIC, *CATEGORICAL]]
-        found = features[list(NUMERIC + CATEGORICAL)].notna().any(axis=1)
+        found = features_found(features)
         log = [log_row(f"replay-{event_id}", ts.to_pydatetime(), ROUTE, "replay", mv.name,
                        mv.version, [record],
                        [{"article_id": record["article_id"], "score": float(score),

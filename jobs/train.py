@@ -32,7 +32,7 @@ from slipway.train.trainer import (
     ModelSettings,
     Prepared,
     TrainerSettings,
-    loop_config,
+    classifier_loop_config,
     make_trainer,
     register,
     save_splits,
@@ -88,7 +88,7 @@ def main(cfg: TrainConfig) -> TrainResult:
             run.add_data_version(name, version)
         split_uri = save_splits(prepared.splits, storage, cfg.model_name, run.run_id)
         run_name = cfg.resume_run or f"{cfg.model_name}-{uuid.uuid4().hex[:8]}"
-        config = loop_config(
+        config = classifier_loop_config(
             prepared, cfg.model, cfg.seed, fail_at_epoch=cfg.fail_at_epoch,
             fail_marker=os.path.join(storage.root, "checkpoints", f"{run_name}.failed")
             if storage.is_local else None,

@@ -33,7 +33,7 @@ from slipway.train.trainer import (
     ModelSettings,
     Prepared,
     TrainerSettings,
-    loop_config,
+    classifier_loop_config,
     make_trainer,
     register,
     save_splits,
@@ -120,7 +120,7 @@ def _trial(params: dict[str, Any], base_model: dict[str, Any], choices: dict[str
     run_name = f"{tune_run}-{tune.get_context().get_trial_id()}"
     run_wandb = wandb and {**wandb, "id": run_name, "name": run_name,
                            "config": {**wandb["config"], "model": model.model_dump()}}
-    config = loop_config(prepared, model, seed, wandb=run_wandb)
+    config = classifier_loop_config(prepared, model, seed, wandb=run_wandb)
     make_trainer(prepared.datasets, config, trainer, run_name, storage_path,
                  callbacks=[TuneReportCallback()]).fit()
 
@@ -171,7 +171,7 @@ def main(cfg: TuneJobConfig) -> TuneResult:
         model = ModelSettings(**{**cfg.model.model_dump(), **best_params})
         final = final_metrics(best.metrics)
         version = register(
-            registry, cfg.model_name, prepared, loop_config(prepared, model, cfg.seed),
+            registry, cfg.model_name, prepared, classifier_loop_config(prepared, model, cfg.seed),
             Checkpoint(best.metrics[CHECKPOINT_PATH_KEY]), final,
             config={**cfg.model_dump(mode="json"), "model": model.model_dump()},
             code_version=run.git_sha, parent_run=run.run_id, tune_run=tune_run,

@@ -12,10 +12,10 @@ A model reference is one of:
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import torch
 
+from slipway.models.hf import quiet_transformers
 from slipway.registry import ModelVersion, Registry
 from slipway.storage import Storage, local_cache
 
@@ -37,26 +37,6 @@ def resolve(ref: str, storage: Storage) -> tuple[str, ModelVersion | None]:
         local = local_cache("remote", hashlib.sha256(ref.encode()).hexdigest()[:16])
         return Storage(ref).download(local), None
     return ref, None
-
-
-def quiet_transformers() -> None:
-    """No download progress bars or load reports on stdout."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-
-
-def load_tokenizer(path: str, padding_side: str = "right") -> Any:
-    """The model's tokenizer, with a pad token (the EOS token if the model has none)."""
-    from transformers import AutoTokenizer
-
-    quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = padding_side
-    return tokenizer
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

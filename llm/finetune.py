@@ -18,12 +18,11 @@ import numpy as np
 from pydantic import Field, field_validator
 from ray.train import Result
 
-from llm.tokens import to_dataset
 from llm.train_loop import EXPORT_DIR, lm_train_loop
-from slipway.cli import JobFailed
 from slipway.config import ConfigError, StrictModel
+from slipway.errors import SlipwayError
 from slipway.storage import Storage, local_cache
-from slipway.train.trainer import TrainerSettings, make_trainer
+from slipway.train.trainer import TrainerSettings, make_trainer, to_dataset
 
 
 class LoraSettings(StrictModel):
@@ -87,7 +86,7 @@ class LmRun:
     metrics: dict[str, float]
 
 
-def loop_config(base: str, storage: Storage, optim: OptimSettings, trainer: TrainerSettings,
+def lm_loop_config(base: str, storage: Storage, optim: OptimSettings, trainer: TrainerSettings,
                 lora: LoraSettings | None, train_rows: int, seed: int, **extra: Any
                 ) -> dict[str, Any]:
     """The `train_loop_config` of `lm_train_loop`."""
@@ -106,7 +105,7 @@ def run_lm_training(arrays: dict[str, dict[str, np.ndarray]], config: dict[str, 
     `run_name` resumes an interrupted run."""
     for split in ("train", "valid"):
         if len(arrays[split]["input_ids"]) < trainer.num_workers:
-            raise JobFailed(f"{split}: {len(arrays[split]['input_ids'])} examples for "
+            raise SlipwayError(f"{split}: {len(arrays[split]['input_ids'])} examples for "
                             f"{trainer.num_workers} workers; add data or lower "
                             "trainer.num_workers")
     run_name = run_name or f"{name}-{uuid.uuid4().hex[:8]}"
@@ -114,10 +113,10 @@ def run_lm_training(arrays: dict[str, dict[str, np.ndarray]], config: dict[str, 
                        run_name, storage.makedirs("checkpoints"), loop=lm_train_loop)
     result = fit.fit()
     if result.error or result.checkpoint is None:
-        raise JobFailed(f"training run {run_name} failed: {result.error}")
+        raise SlipwayError(f"training run {run_name} failed: {result.error}")
     export_path = os.path.join(result.checkpoint.path, EXPORT_DIR)
     if not result.checkpoint.filesystem.get_file_info(export_path).type:
-        raise JobFailed(f"run {run_name}: its last checkpoint has no {EXPORT_DIR}/ folder")
+        raise SlipwayError(f"run {run_name}: its last checkpoint has no {EXPORT_DIR}/ folder")
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     return LmRun(result=result, run_name=run_name, export_path=export_path, metrics=metrics)
 

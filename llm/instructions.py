@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from slipway.cli import JobFailed
 from slipway.config import StrictModel
 from slipway.data.tables import read_table
+from slipway.errors import SlipwayError
 from slipway.storage import Storage
 
 Task = Literal["topic", "title", "qa"]
@@ -137,12 +137,12 @@ def user_examples(path: str, storage: Storage) -> pd.DataFrame:
     frame = read_table(path, storage, "data.jsonl")
     missing = [c for c in ("prompt", "response") if c not in frame.columns]
     if missing:
-        raise JobFailed(f"data.jsonl: {path} has no {missing} field; each line needs "
+        raise SlipwayError(f"data.jsonl: {path} has no {missing} field; each line needs "
                         f'{{"prompt": ..., "response": ...}} (it has {list(frame.columns)})')
     bad = frame["prompt"].isna() | frame["response"].isna() | \
         (frame["prompt"].astype(str).str.strip() == "")
     if bad.any():
-        raise JobFailed(f"data.jsonl: {int(bad.sum())} rows of {path} have an empty prompt or "
+        raise SlipwayError(f"data.jsonl: {int(bad.sum())} rows of {path} have an empty prompt or "
                         f"response (first at row {int(np.flatnonzero(bad)[0])}); fix or drop them")
     return pd.DataFrame({"task": "custom", "prompt": frame["prompt"].astype(str),
                          "response": frame["response"].astype(str), "context": "",
@@ -161,7 +161,7 @@ def build(data: InstructionData, storage: Storage, seed: int) -> dict[str, pd.Da
     if data.jsonl:
         parts.append(user_examples(data.jsonl, storage))
     if not parts:
-        raise JobFailed("data: no examples; set data.tasks and/or data.jsonl")
+        raise SlipwayError("data: no examples; set data.tasks and/or data.jsonl")
     examples = pd.concat(parts, ignore_index=True)
     split = split_articles(examples["article_id"].to_numpy(), data, seed)
     examples["split"] = examples["article_id"].map(split)

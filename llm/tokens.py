@@ -1,4 +1,4 @@
-"""Token arrays for causal-LM training, as Ray Datasets.
+"""Token arrays for causal-LM training (`slipway.train.trainer.to_dataset` makes Ray Datasets).
 
 Supervised examples are `<bos> prompt ␣response <eos>` with the loss on the response only (prompt
 labels are -100); the response follows the prompt after one space, so its first word is the
@@ -13,9 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import ray
-from ray.data.extensions import ArrowTensorArray
 
 IGNORE = -100
 
@@ -48,9 +45,3 @@ def encode_blocks(tokenizer: Any, texts: Sequence[str], block_size: int) -> dict
     stream = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eos_token_id)), np.int64)
     blocks = stream[: len(stream) // block_size * block_size].reshape(-1, block_size)
     return {"input_ids": blocks, "attention_mask": np.ones_like(blocks), "labels": blocks.copy()}
-
-
-def to_dataset(arrays: dict[str, np.ndarray]) -> ray.data.Dataset:
-    """A Ray Dataset with one fixed-length tensor column per array."""
-    return ray.data.from_arrow(pa.table({k: ArrowTensorArray.from_numpy(v)
-                                         for k, v in arrays.items()}))

@@ -23,8 +23,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from llm.base import load_causal_lm, load_tokenizer, resolve
+from llm.base import load_causal_lm, resolve
 from llm.tokens import IGNORE
+from slipway.models.hf import load_tokenizer
 from slipway.storage import Storage
 from slipway.train.loop import log_checkpoint, maybe_fail, rank_zero_run
 

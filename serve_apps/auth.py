@@ -20,6 +20,7 @@ import hmac
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
@@ -69,16 +70,20 @@ def load_keys(settings: AuthSettings) -> list[ApiKey]:
 
 @dataclass
 class Bucket:
-    """A token bucket: `rate` tokens per second up to `capacity`."""
+    """A token bucket: `rate` tokens per second up to `capacity`, timed by `clock` (seconds)."""
 
     rate: float
     capacity: float
     tokens: float
-    updated: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.updated = self.clock()
 
     def take(self) -> float:
         """Take one token; return 0 if granted, else the seconds until one is available."""
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
@@ -90,13 +95,14 @@ class Bucket:
 class Gate:
     """Checks the Authorization header and the key's rate; raises 401/403/429 HTTP errors."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.enabled = settings.enabled
         self.keys = load_keys(settings) if settings.enabled else []
         if settings.enabled and not self.keys:
             raise ValueError(f"auth is enabled but no API keys were found: set {settings.keys_env}"
                              " (name=key pairs) or auth.keys_file, or set auth.enabled: false")
-        self.buckets = {k.name: Bucket(k.rate_per_minute / 60, k.burst, k.burst)
+        self.buckets = {k.name: Bucket(k.rate_per_minute / 60, k.burst, k.burst, clock)
                         for k in self.keys}
 
     def check(self, authorization: str | None) -> str:

@@ -7,12 +7,16 @@ import time
 import httpx
 
 
-def wait_ready(base_url: str, timeout_s: float = 300) -> dict:
-    """Poll `/readyz` until every deployment reports its model; raise with the last answer."""
+def wait_ready(base_url: str, timeout_s: float = 300,
+               answers: list[httpx.Response] | None = None) -> dict:
+    """Poll `/readyz` until every deployment reports its model; raise with the last answer.
+    `answers` (if given) collects every reply seen on the way."""
     deadline, last = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
         try:
-            reply = httpx.get(f"{base_url}/readyz", timeout=10)
+            reply = httpx.get(f"{base_url}/readyz", timeout=30)
+            if answers is not None:
+                answers.append(reply)
             if reply.status_code == 200:
                 return reply.json()
             last = reply.text

@@ -18,10 +18,11 @@ from typing import Any
 
 from ray import serve
 
-from llm.base import load_tokenizer, resolve
+from llm.base import resolve
 from serve_apps.errors import RequestError
 from serve_apps.schemas import ChatRequest, CompletionRequest
 from serve_apps.settings import GeneratorSettings
+from slipway.models.hf import load_tokenizer
 from slipway.storage import Storage, local_cache
 
 

@@ -7,6 +7,7 @@ the route metrics. `/healthz` and `/readyz` need no key; OpenAPI docs are at `/d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -46,6 +47,7 @@ from slipway.storage import Storage
 app = FastAPI(title="Slipway", version="0.1.0",
               description="Classification, ranking, retrieval, RAG and OpenAI-compatible "
                           "generation. `/v1` routes need `Authorization: Bearer <key>`.")
+READY_TIMEOUT_S = 5.0
 ROUTES = ("/v1/classify", "/v1/rank", "/v1/retrieve", "/v1/rag", "/v1/completions",
           "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz")
 
@@ -256,14 +258,18 @@ class Ingress:
 
     @app.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        """Readiness: every deployment answers with its loaded model (503 until then)."""
+        """Readiness: every deployment answers with its loaded model (503 until then). A
+        deployment with no running replica yet would queue the call: it gets `READY_TIMEOUT_S`."""
         parts = {"classifier": self.classifier, "ranker": self.ranker,
                  "retriever": self.retriever, "generator": self.generator}
         status, code = {}, 200
         for name, handle in parts.items():
             try:
-                status[name] = await handle.ready.remote()
-            except Exception as exc:  # not up yet, or failed to load: say which and why
+                status[name] = await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                status[name], code = {"error": f"no replica answered within {READY_TIMEOUT_S:g} "
+                                               "s (still starting?)"}, 503
+            except Exception as exc:  # failed to load: say which and why
                 status[name], code = {"error": f"{type(exc).__name__}: {exc}"[:300]}, 503
         return JSONResponse({"ready": code == 200, **status}, status_code=code)
 

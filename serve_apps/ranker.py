@@ -12,7 +12,7 @@ import asyncio
 from ray import serve
 
 from slipway.features.store import FeatureStoreSettings, online_features, open_store
-from slipway.models.engagement import CATEGORICAL, NUMERIC
+from slipway.models.engagement import features_found
 from slipway.models.scoring import predict_proba
 from slipway.predictions import json_records
 from slipway.registry import Registry
@@ -32,7 +32,7 @@ class Ranker:
         rows = [{"user_id": user_id, "article_id": a} for a in article_ids]
         features = online_features(self.store, rows)
         scores = predict_proba(self.model, self.version, features)
-        found = features[list(NUMERIC + CATEGORICAL)].notna().any(axis=1)
+        found = features_found(features)
         ranking = sorted(({"article_id": a, "score": float(s), "features_found": bool(f)}
                           for a, s, f in zip(article_ids, scores, found, strict=True)),
                          key=lambda r: -r["score"])

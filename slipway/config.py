@@ -6,6 +6,7 @@ start with a `ConfigError` naming the key and the file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -113,21 +114,55 @@ def validate_config(model: type[C], data: dict[str, Any], source: str) -> C:
         raise ConfigError(f"invalid config {source}:\n  {lines}") from None
 
 
-def load_config(model: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
-    """Load YAML at `path` (None: defaults only), apply `--set` overrides and validate."""
+def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`: mappings merge key by key; lists of mappings that all have a `name`
+    (pipeline stages) merge item by item by name, new names appended; anything else replaces."""
+    out = dict(base)
+    for key, value in layer.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            out[key] = merge(old, value)
+        elif _named(old) and _named(value):
+            by_name = {item["name"]: item for item in value}
+            out[key] = [merge(item, by_name.pop(item["name"], {})) for item in old]
+            out[key] += list(by_name.values())
+        else:
+            out[key] = value
+    return out
+
+
+def _named(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(item, dict) and "name" in item for item in value)
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing --config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
+    return loaded or {}
+
+
+ConfigPaths = str | Path | Sequence[str | Path] | None
+"""One YAML file, several layered in order (later files override earlier ones), or None."""
+
+
+def load_config(model: type[C], paths: ConfigPaths, overrides: Sequence[str] = ()) -> C:
+    """Load the YAML file(s) at `paths` (None: defaults only), each layered over the ones before
+    it (`merge`), apply `--set` overrides and validate."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
     data: dict[str, Any] = {}
-    source = "(defaults)"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; pass an existing --config") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
-        data = loaded or {}
+    for path in paths:
+        data = merge(data, _read_yaml(path))
+    source = " + ".join(map(str, paths)) or "(defaults)"
     for item in overrides:
         apply_override(data, *parse_override(item))
     if overrides:

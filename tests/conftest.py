@@ -4,13 +4,19 @@ notebooks and the Serve app share, and a scratch storage root."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from benchmarks.common import start_redis
 
+# What the Makefile exports, so that plain `pytest` runs as `make test` does: no Ray token auth on
+# the local Ray, models from local paths only, DeepSpeed's C++ ops compiled once beside the venv.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SLIPWAY_PROGRESS", "0")
@@ -41,13 +47,20 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def platform_root(tmp_path_factory, ray_session) -> str:
-    """A small root with every model trained and promoted (benchmarks.platform), built once."""
+def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, str]]:
+    """A small root with every model trained and promoted by the platform's pipeline
+    (benchmarks.platform), built once: the root, the pipeline layer used and the outcomes."""
     from benchmarks.platform import build_platform
 
-    root = str(tmp_path_factory.mktemp("platform") / "root")
-    build_platform(root)
-    return root
+    folder = tmp_path_factory.mktemp("platform")
+    root, layer = str(folder / "root"), str(folder / "pipeline.yaml")
+    return root, layer, build_platform(root, layer)
+
+
+@pytest.fixture(scope="session")
+def platform_root(platform_build) -> str:
+    """The platform root the notebooks, the Serve app and the pipeline tests share."""
+    return platform_build[0]
 
 
 @pytest.fixture

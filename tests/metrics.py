@@ -9,12 +9,12 @@ import httpx
 import ray
 
 
-def scrape(until: Callable[[str], bool], timeout_s: float = 60) -> str:
+def scrape(until: Callable[[str], bool], timeout_s: float = 180) -> str:
     """The endpoint's text once `until(text)` holds (Ray exports every few seconds), or the last
     text read when `timeout_s` runs out."""
     port = ray.nodes()[0]["MetricsExportPort"]
-    deadline, text = time.time() + timeout_s, ""
-    while time.time() < deadline:
+    deadline, text = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         if until(text):
             break

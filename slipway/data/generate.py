@@ -188,7 +188,8 @@ def _events(cfg: GeneratorConfig, rng: np.random.Generator, articles: pd.DataFra
     age_days = (secs - pub[art_idx]) / 86400.0
     logit = (-1.6 + fav_effect * fav + dev_effect + users["_propensity"].to_numpy()[user_idx]
              + articles["_quality"].to_numpy()[art_idx] - 0.04 * np.clip(age_days, 0, None))
-    clicked = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+    click_probability = 1.0 / (1.0 + np.exp(-logit))
+    clicked = rng.random(n) < click_probability
     body_words = articles["body"].str.count(" ").to_numpy()[art_idx] + 1
     dwell = rng.lognormal(np.log(2.0 * body_words), 0.5, size=n)
     if drift and drift.dwell_scale != 1.0:
@@ -200,6 +201,7 @@ def _events(cfg: GeneratorConfig, rng: np.random.Generator, articles: pd.DataFra
         "event_timestamp": ts,
         "clicked": clicked,
         "dwell_seconds": np.where(clicked, np.round(dwell, 2), 0.0),
+        "_click_probability": click_probability,
     })
 
 

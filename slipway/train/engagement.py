@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 from pydantic import Field
 
-from slipway.cli import JobFailed
 from slipway.config import StrictModel, UtcDatetime
+from slipway.errors import SlipwayError
 from slipway.features.definitions import VIEW_FIELDS
 from slipway.features.store import FeatureStoreSettings, open_store, training_set
 from slipway.models.engagement import EngagementMLP, Preprocessor
@@ -33,7 +33,7 @@ def load_examples(data: EngagementData, storage: Storage, seed: int) -> pd.DataF
     """Impressions with their point-in-time features, oldest first."""
     uri = storage.uri("curated", "events")
     if not storage.list_files("curated", "events"):
-        raise JobFailed(f"no curated events under {uri}; run jobs.ingest and jobs.features")
+        raise SlipwayError(f"no curated events under {uri}; run jobs.ingest and jobs.features")
     labels = pd.read_parquet(uri, columns=["user_id", "article_id", "event_timestamp",
                                            "clicked"])
     if data.until is not None:
@@ -61,13 +61,13 @@ def prepare(data: EngagementData, storage: Storage, seed: int, valid: float, tes
     examples = load_examples(data, storage, seed)
     train, valid_df, test_df = split_by_time(examples, valid, test)
     if train["label"].nunique() < 2 or valid_df["label"].nunique() < 2:
-        raise JobFailed("training or validation split has a single class; use more data "
+        raise SlipwayError("training or validation split has a single class; use more data "
                         "(engagement.max_examples) or another time range")
     prep = Preprocessor.fit(train)
     return Prepared(
         task="engagement", model_cls=EngagementMLP, arch_params={"in_features": prep.width},
         inputs=["x"],
-        datasets={name: to_dataset({"x": prep.transform(part)}, part["label"].to_numpy())
+        datasets={name: to_dataset({"x": prep.transform(part), "y": part["label"].to_numpy()})
                   for name, part in (("train", train), ("valid", valid_df))},
         splits={"train": train, "valid": valid_df, "test": test_df},
         metadata={"preprocessing": prep.to_dict(), "labels": ["no click", "click"]},

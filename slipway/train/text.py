@@ -14,10 +14,11 @@ import ray
 from pydantic import Field
 from sklearn.model_selection import train_test_split
 
-from slipway.cli import JobFailed
 from slipway.config import StrictModel
 from slipway.data.tables import locate, read_table
-from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, load_tokenizer, tokenize
+from slipway.errors import SlipwayError
+from slipway.models.hf import load_tokenizer
+from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, encoder_path, tokenize
 from slipway.storage import Storage
 from slipway.train.trainer import Prepared, to_dataset
 
@@ -52,7 +53,7 @@ def _read(data: TextData, storage: Storage) -> pd.DataFrame:
     wanted = [*data.text_columns, data.label_column]
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
-        raise JobFailed(f"text columns {missing} are not in {data.path}; its columns are "
+        raise SlipwayError(f"text columns {missing} are not in {data.path}; its columns are "
                         f"{list(frame.columns)}: set text.text_columns / text.label_column")
     return frame
 
@@ -73,7 +74,7 @@ def load_labelled(data: TextData, storage: Storage, seed: int) -> pd.DataFrame:
         out = out.sample(data.max_examples, random_state=seed).reset_index(drop=True)
     names = sorted(out["label_name"].unique())
     if len(names) < 2:
-        raise JobFailed(f"text.label_column {data.label_column!r} has {len(names)} class(es); "
+        raise SlipwayError(f"text.label_column {data.label_column!r} has {len(names)} class(es); "
                         "a classifier needs at least two")
     out["label"] = out["label_name"].map({n: i for i, n in enumerate(names)}).astype("int64")
     out["length"] = length_bucket(out["text"])
@@ -86,7 +87,7 @@ def stratified_split(df: pd.DataFrame, valid: float, test: float, seed: int
     counts = df["label_name"].value_counts()
     small = counts[counts < 3]
     if len(small):
-        raise JobFailed(f"classes {small.to_dict()} have fewer than 3 examples; a stratified "
+        raise SlipwayError(f"classes {small.to_dict()} have fewer than 3 examples; a stratified "
                         "train/valid/test split needs at least 3 per class: add examples or "
                         "drop those classes")
     try:
@@ -95,7 +96,7 @@ def stratified_split(df: pd.DataFrame, valid: float, test: float, seed: int
         train, valid_df = train_test_split(rest, test_size=valid / (1 - test),
                                            stratify=rest["label"], random_state=seed)
     except ValueError as exc:
-        raise JobFailed(f"cannot split {len(df)} examples by class: {exc}; add examples or "
+        raise SlipwayError(f"cannot split {len(df)} examples by class: {exc}; add examples or "
                         "lower valid_fraction/test_fraction") from None
     return (train.reset_index(drop=True), valid_df.reset_index(drop=True),
             test_df.reset_index(drop=True))
@@ -104,7 +105,7 @@ def stratified_split(df: pd.DataFrame, valid: float, test: float, seed: int
 def _inputs(data: TextData, texts: pd.Series) -> dict[str, np.ndarray]:
     """Token ids (encoder trained) or embeddings from one pass of an actor pool (frozen)."""
     if data.train_encoder:
-        return tokenize(load_tokenizer(data.encoder), texts.tolist(), data.max_length)
+        return tokenize(load_tokenizer(encoder_path(data.encoder)), texts.tolist(), data.max_length)
     frame = pd.DataFrame({"text": texts.to_numpy(), "row": np.arange(len(texts))})
     embedded = ray.data.from_pandas(frame).map_batches(
         Embedder, fn_constructor_kwargs={"encoder": data.encoder, "max_length": data.max_length},
@@ -129,10 +130,10 @@ def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: flo
         arch_params={"encoder": data.encoder, "num_classes": len(names),
                      "train_encoder": data.train_encoder, "max_length": data.max_length},
         inputs=inputs,
-        datasets={"train": to_dataset({k: v[:len(train)] for k, v in inputs_all.items()},
-                                      train["label"].to_numpy()),
-                  "valid": to_dataset({k: v[len(train):] for k, v in inputs_all.items()},
-                                      valid_df["label"].to_numpy())},
+        datasets={"train": to_dataset({**{k: v[:len(train)] for k, v in inputs_all.items()},
+                                       "y": train["label"].to_numpy()}),
+                  "valid": to_dataset({**{k: v[len(train):] for k, v in inputs_all.items()},
+                                       "y": valid_df["label"].to_numpy()})},
         splits={"train": train, "valid": valid_df, "test": test_df},
         metadata={"labels": names, "encoder": data.encoder,
                   "text": data.model_dump(include={"text_columns", "label_column"})},

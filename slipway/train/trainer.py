@@ -65,13 +65,14 @@ class Prepared:
     data_versions: dict[str, str] = field(default_factory=dict)
 
 
-def to_dataset(columns: dict[str, np.ndarray], y: np.ndarray) -> ray.data.Dataset:
-    """A Ray Dataset with one (tensor) column per input and a label column `y`."""
-    table = {k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in columns.items()}
-    return ray.data.from_arrow(pa.table({**table, "y": y}))
+def to_dataset(columns: dict[str, np.ndarray]) -> ray.data.Dataset:
+    """A Ray Dataset with one column per array: a fixed-shape tensor column for a 2-D (or
+    higher) array, a plain column for a 1-D one."""
+    return ray.data.from_arrow(pa.table({
+        k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in columns.items()}))
 
 
-def loop_config(prepared: Prepared, model: ModelSettings, seed: int, **extra: Any
+def classifier_loop_config(prepared: Prepared, model: ModelSettings, seed: int, **extra: Any
                 ) -> dict[str, Any]:
     """The `train_loop_config` for a prepared task and model settings."""
     return {"model_cls": prepared.model_cls,

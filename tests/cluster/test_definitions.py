@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
+from jobs.pipeline import Stage, job_entry, stage_config
 from slipway.config import load_config
-from slipway.pipeline import Stage, job_entry, stage_config
 
 MANIFESTS = {p.name: yaml.safe_load(p.read_text()) for p in Path("cluster/kuberay").glob("*.yaml")}
 
@@ -104,23 +104,35 @@ def test_rayservice_embeds_the_production_serve_config():
     assert spec["rayClusterConfig"] == cluster  # one cluster shape, written in two manifests
 
 
-@pytest.mark.parametrize("path", ["configs/pipeline.yaml", "configs/production/pipeline.yaml"])
-def test_every_pipeline_stage_config_loads(path):
+PRODUCTION = ["configs/pipeline.yaml", "configs/production/pipeline.yaml"]
+
+
+@pytest.mark.parametrize("paths", [["configs/pipeline.yaml"], PRODUCTION])
+def test_every_pipeline_stage_config_loads(paths):
     from jobs.pipeline import PipelineConfig
 
-    pipeline = load_config(PipelineConfig, path)
+    pipeline = load_config(PipelineConfig, paths)
     for stage in pipeline.stages:
         cfg = stage_config(stage, pipeline)
         assert cfg.storage.root == pipeline.storage.root
 
 
-def test_production_pipeline_has_the_default_stages_but_the_generator():
+def test_production_layer_changes_only_what_it_names():
     from jobs.pipeline import PipelineConfig
 
-    default, production = (load_config(PipelineConfig, f"configs/{p}pipeline.yaml")
-                           for p in ("", "production/"))
+    default = load_config(PipelineConfig, "configs/pipeline.yaml")
+    production = load_config(PipelineConfig, PRODUCTION)
     shape = [(s.name, s.job, s.inputs, s.gate) for s in default.stages if s.job != "generate"]
     assert [(s.name, s.job, s.inputs, s.gate) for s in production.stages] == shape
+    assert production.storage.root == "s3://slipway-prod" and default.storage.root == "data"
+    stages = {s.name: s for s in production.stages}
+    assert stages["train"].set == ["trainer.use_gpu=true", "trainer.num_workers=4"]
+    assert stages["train"].config == "configs/train_engagement.yaml"  # kept from the base
+    features = stage_config(stages["features"], production)
+    assert features.feature_store.online_store.type == "redis"
+    assert features.feature_store.project == "slipway"  # from configs/features.yaml
+    monitor = stage_config(stages["monitor"], production)
+    assert monitor.retrain.enabled and monitor.windows.size == "1D"  # layer + base
 
 
 def test_a_submissions_own_env_vars_are_left_to_it(monkeypatch):

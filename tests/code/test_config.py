@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from jobs.ingest import IngestConfig
-from slipway.config import ConfigError, JobConfig, load_config
+from slipway.config import ConfigError, JobConfig, load_config, merge
 
 
 def write(tmp_path, text: str):
@@ -24,6 +24,26 @@ def test_defaults_and_overrides_are_typed(tmp_path):
     assert cfg.storage.root == "/data/a"
     assert cfg.ray.num_cpus == 3
     assert cfg.tracking.mode == "disabled"
+
+
+def test_layered_configs_override_key_by_key_and_stages_by_name(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("storage: {root: /data/a}\nray: {num_cpus: 2}\n")
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("storage: {root: s3://b}\n")
+    cfg = load_config(JobConfig, [base, layer], ["tracking.mode=disabled"])
+    assert (cfg.storage.root, cfg.ray.num_cpus, cfg.tracking.mode) == ("s3://b", 2, "disabled")
+    merged = merge({"stages": [{"name": "a", "job": "x", "set": ["k=1"]},
+                               {"name": "b", "job": "y"}]},
+                   {"stages": [{"name": "b", "enabled": False}, {"name": "c", "job": "z"}]})
+    assert merged["stages"] == [{"name": "a", "job": "x", "set": ["k=1"]},
+                                {"name": "b", "job": "y", "enabled": False},
+                                {"name": "c", "job": "z"}]
+    assert merge({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}  # other lists replace
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("storage: {rooot: x}\n")
+    with pytest.raises(ConfigError, match=r"base.yaml \+ .*bad.yaml"):
+        load_config(JobConfig, [base, bad])
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
@@ -78,7 +98,6 @@ def test_every_shipped_config_validates_against_its_job():
 
     jobs = {"ingest": "jobs.ingest:IngestConfig", "generate": "jobs.generate:GenerateConfig",
             "features": "jobs.features:FeaturesConfig",
-            "production/features": "jobs.features:FeaturesConfig",
             "train_engagement": "jobs.train:TrainConfig", "train_text": "jobs.train:TrainConfig",
             "tune_engagement": "jobs.tune:TuneJobConfig",
             "evaluate_text": "jobs.evaluate:EvaluateConfig",
@@ -89,15 +108,16 @@ def test_every_shipped_config_validates_against_its_job():
             "build_index": "jobs.build_index:BuildIndexConfig",
             "monitor": "jobs.monitor:MonitorConfig",
             "monitor_topics": "jobs.monitor:MonitorConfig",
-            "pipeline": "jobs.pipeline:PipelineConfig",
-            "production/pipeline": "jobs.pipeline:PipelineConfig",
-            "production/monitor": "jobs.monitor:MonitorConfig"}
+            "pipeline": "jobs.pipeline:PipelineConfig"}
+    layers = {"production/features": "features", "production/monitor": "monitor",
+              "production/pipeline": "pipeline"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))
                for p in Path("configs").rglob("*.yaml") if p.parts[1] not in ("behaviour", "serve")}
-    assert shipped == set(jobs), "map each shipped config to its job here"
-    for name, target in jobs.items():
+    assert shipped == set(jobs) | set(layers), "map each shipped config to its job here"
+    for name, target in [*jobs.items(), *((layer, jobs[base]) for layer, base in layers.items())]:
         module, cls = target.split(":")
-        load_config(getattr(importlib.import_module(module), cls), f"configs/{name}.yaml")
+        paths = [f"configs/{layers.get(name, name)}.yaml", f"configs/{name}.yaml"]
+        load_config(getattr(importlib.import_module(module), cls), dict.fromkeys(paths))
 
 
 def test_serve_configs_validate_as_serve_and_app_settings():

@@ -25,9 +25,12 @@ def test_tables_have_the_documented_columns():
     assert list(public(world.articles).columns) == ["article_id", "title", "body", "topic",
                                                     "published_at"]
     assert list(public(world.users).columns) == ["user_id", "signup_date", "country", "device"]
-    assert list(world.events.columns) == ["event_id", "user_id", "article_id", "event_timestamp",
-                                          "clicked", "dwell_seconds"]
+    assert list(public(world.events).columns) == ["event_id", "user_id", "article_id",
+                                                  "event_timestamp", "clicked", "dwell_seconds"]
     ev = world.events
+    # The hidden truth: clicks drawn from the click probability (about as many as it predicts).
+    expected = ev["_click_probability"].sum()
+    assert abs(ev["clicked"].sum() - expected) < 4 * expected ** 0.5
     assert ev["event_timestamp"].is_monotonic_increasing
     assert (ev.loc[~ev["clicked"], "dwell_seconds"] == 0).all()
     assert (ev.loc[ev["clicked"], "dwell_seconds"] > 0).all()

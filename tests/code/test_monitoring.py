@@ -3,6 +3,7 @@ drift found with it), alert deduplication, label joins and monitor config errors
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
@@ -14,7 +15,7 @@ from slipway.config import ConfigError, load_config
 from slipway.data.generate import DriftSpec, GeneratorConfig, generate
 from slipway.monitoring.alerts import plan
 from slipway.monitoring.checks import DriftSettings, univariate
-from slipway.monitoring.detectors import compare, domain_classifier
+from slipway.monitoring.detectors import compare, correct, domain_classifier
 from slipway.monitoring.frames import LabelSettings, join_labels
 from slipway.storage import Storage
 
@@ -59,6 +60,25 @@ def test_detectors_pick_by_type_and_reject_a_wrong_method():
     same = domain_classifier(rng.normal(size=(300, 8)), rng.normal(size=(300, 8)))
     moved = domain_classifier(rng.normal(size=(300, 8)), rng.normal(0.5, 1, size=(300, 8)))
     assert same.statistic < 0.6 < moved.statistic and moved.p_value < 1e-6
+
+
+def test_psi_and_wasserstein_equal_their_formulas_worked_by_hand():
+    # Device shares 50/30/20 in the reference, 20/30/50 now: PSI = sum((q - p) ln(q / p)).
+    ref = pd.Series(["m"] * 50 + ["d"] * 30 + ["t"] * 20, name="device")
+    cur = pd.Series(["m"] * 20 + ["d"] * 30 + ["t"] * 50, name="device")
+    psi = compare(ref, cur, "psi")
+    assert psi.statistic == pytest.approx(0.3 * math.log(2.5) * 2)  # 0.5498
+    assert correct({"device": psi}, 0.05, "bh")["device"].drifted  # over the 0.2 default
+    assert compare(ref, ref, "psi").statistic == 0.0
+    # Half zeros and half ones (sd 0.5), then every value moved up by 0.25: the earth mover
+    # moves all mass 0.25, which is half a reference standard deviation.
+    values = pd.Series([0.0, 1.0] * 50, name="x")
+    moved = compare(values, values + 0.25, "wasserstein")
+    assert moved.statistic == pytest.approx(0.5)
+    assert correct({"x": moved}, 0.05, "bh")["x"].score == pytest.approx(5.0)  # 0.5 / 0.1
+    small = compare(values, values + 0.025, "wasserstein", threshold=0.1)
+    assert small.statistic == pytest.approx(0.05) and not correct({"x": small}, 0.05,
+                                                                   "bh")["x"].drifted
 
 
 def test_alerts_fire_once_repeat_after_the_interval_and_resolve():

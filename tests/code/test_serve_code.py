@@ -35,26 +35,44 @@ def test_keys_come_from_the_environment_and_a_secrets_file(tmp_path, monkeypatch
         Gate(AuthSettings(keys_env="TEST_KEYS"))
 
 
+class Clock:
+    """A clock the test moves by hand: rate limits without waiting or timing noise."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_gate_answers_401_403_and_429_with_retry_after(monkeypatch):
     monkeypatch.setenv("TEST_KEYS", "web=sk-1")
-    gate = Gate(AuthSettings(keys_env="TEST_KEYS", rate_per_minute=60, burst=2))
+    clock = Clock()
+    gate = Gate(AuthSettings(keys_env="TEST_KEYS", rate_per_minute=30, burst=2), clock=clock)
     for header, status in ((None, 401), ("Basic abc", 401), ("Bearer sk-2", 403)):
         with pytest.raises(HTTPException) as err:
             gate.check(header)
         assert err.value.status_code == status
-    assert gate.check("Bearer sk-1") == gate.check("bearer sk-1") == "web"
+    assert gate.check("Bearer sk-1") == gate.check("bearer sk-1") == "web"  # the burst
+    clock.now += 0.5  # 30/min is a token per 2 s: 1.5 s still to wait, rounded up
     with pytest.raises(HTTPException) as err:
         gate.check("Bearer sk-1")
-    assert err.value.status_code == 429 and err.value.headers["Retry-After"] == "1"
+    assert err.value.status_code == 429 and err.value.headers["Retry-After"] == "2"
+    clock.now += 1.5
+    assert gate.check("Bearer sk-1") == "web"
 
 
-def test_bucket_refills_at_its_rate():
-    bucket = Bucket(rate=10.0, capacity=1, tokens=1)
+def test_bucket_refills_at_its_rate_up_to_its_capacity():
+    clock = Clock()
+    bucket = Bucket(rate=4.0, capacity=2, tokens=1, clock=clock)
     assert bucket.take() == 0.0
-    wait = bucket.take()
-    assert 0 < wait <= 0.1
-    bucket.updated -= 0.1  # 0.1 s later: one token back
+    assert bucket.take() == 0.25  # empty: one token in 1/rate seconds
+    clock.now += 0.125
+    assert bucket.take() == 0.125
+    clock.now += 0.125
     assert bucket.take() == 0.0
+    clock.now += 60  # a long pause refills only up to the capacity
+    assert [bucket.take() for _ in range(3)][:2] == [0.0, 0.0] and bucket.tokens < 1
 
 
 def test_request_limits_name_the_field():
@@ -80,7 +98,10 @@ def test_prediction_log_batches_rows_into_parquet_per_route_and_day(tmp_path):
             log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["text"], {"label": "a"}, 5.0)
             if i == 2:  # the third row starts a flush, which runs off the request path
                 assert log.written == 0
-                await asyncio.sleep(0.2)
+                for _ in range(600):  # poll (up to a generous 60 s) for the background flush
+                    if log.written:
+                        break
+                    await asyncio.sleep(0.1)
                 assert log.written == 3 and not log.rows
         assert len(log.rows) == 1  # below flush_rows: waits for the timer or close()
         log.record("r9", "/v1/rank", "web", "engagement", 1, {"f": 1.5}, [1, 2], 7.0)

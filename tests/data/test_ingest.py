@@ -9,8 +9,8 @@ import pytest
 
 from jobs.ingest import IngestConfig
 from jobs.ingest import main as ingest
-from slipway.cli import JobFailed
 from slipway.config import validate_config
+from slipway.errors import SlipwayError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -125,7 +125,7 @@ def test_too_many_bad_rows_fails_and_keeps_last_good_version(root):
     land(root, "users", "u.csv", "user_id\n1\n2\n3\n")
     ingest(config(root, {"users": spec}))
     land(root, "users", "u.csv", "user_id\n4\nx\ny\n")
-    with pytest.raises(JobFailed, match=r"users: 66.7% quarantined \(2 of 3\) > "
+    with pytest.raises(SlipwayError, match=r"users: 66.7% quarantined \(2 of 3\) > "
                                         r"max_quarantine_share 20.0%"):
         ingest(config(root, {"users": spec}))
     assert pd.read_parquet(f"{root}/curated/users")["user_id"].tolist() == [1, 2, 3]
@@ -134,5 +134,5 @@ def test_too_many_bad_rows_fails_and_keeps_last_good_version(root):
 
 def test_missing_input_is_a_clear_error(root):
     cfg = config(root, {"events": {"path": "raw/nothing", "columns": EVENT_COLUMNS}})
-    with pytest.raises(JobFailed, match="no files at .*raw/nothing"):
+    with pytest.raises(SlipwayError, match="no files at .*raw/nothing"):
         ingest(cfg)

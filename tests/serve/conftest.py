@@ -46,14 +46,21 @@ def deploy(ray_session) -> Callable[[dict], None]:
 
 
 @pytest.fixture(scope="session")
-def base_url(serve_config, deploy) -> Iterator[str]:
+def startup(serve_config, deploy) -> Iterator[tuple[str, list[httpx.Response]]]:
+    """The app deployed once: its URL and every /readyz answer seen while it started."""
     from ray import serve
 
     deploy(serve_config)
     url = f"http://127.0.0.1:{serve_config['http_options']['port']}"
-    wait_ready(url, timeout_s=300)
-    yield url
+    answers: list[httpx.Response] = []
+    wait_ready(url, timeout_s=600, answers=answers)
+    yield url, answers
     serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_url(startup) -> str:
+    return startup[0]
 
 
 @pytest.fixture

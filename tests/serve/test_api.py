@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import time
 
 import httpx
 import pandas as pd
 import pytest
+import torch
 
+from llm.base import load_tuned, resolve
 from serve_apps.client import tour
+from slipway.models.hf import load_tokenizer
+from slipway.registry import Registry
+from slipway.storage import Storage
 from tests.serve.conftest import KEYS
 
 QUESTION = "What does the article about markets say?"
@@ -22,6 +28,18 @@ def sse(reply: httpx.Response) -> list[dict]:
               if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     return [json.loads(e) for e in events[:-1]]
+
+
+def test_readyz_says_503_and_what_is_missing_until_every_model_is_loaded(startup):
+    _, answers = startup
+    codes = [a.status_code for a in answers]
+    assert codes[-1] == 200 and answers[-1].json()["ready"]
+    # The generator's vLLM engine takes longest to start: the app said so before it was ready.
+    waiting = [a.json() for a in answers if a.status_code == 503  # (not the proxy's own 503)
+               and a.headers.get("content-type", "").startswith("application/json")]
+    assert waiting and all(not w["ready"] for w in waiting), codes
+    assert "error" in waiting[0]["generator"] and "model" not in waiting[0]["generator"]
+    assert codes.index(200) > codes.index(503)
 
 
 def test_every_route_answers(base_url, platform_root):
@@ -52,17 +70,40 @@ def test_every_route_answers(base_url, platform_root):
     assert len(embeddings) == 2 and len(embeddings[0]["embedding"]) == 384
 
 
-def test_adapter_changes_the_answer_and_greedy_decoding_repeats(api):
+def test_adapter_changes_the_answer_and_matches_transformers_greedy(api, platform_root):
     prompt = {"prompt": "Section:", "max_tokens": 12, "temperature": 0}
     base = api.post("/v1/completions", json={"model": "base_lm", **prompt}).json()
     tuned = api.post("/v1/completions", json={"model": "articles_lora", **prompt}).json()
     again = api.post("/v1/completions", json={"model": "articles_lora", **prompt}).json()
-    assert tuned["choices"][0]["text"] == again["choices"][0]["text"]
+    assert tuned["choices"][0]["text"] == again["choices"][0]["text"]  # greedy repeats
     assert base["version"] == 1 and tuned["version"] == 1
     assert base["usage"]["completion_tokens"] <= 12
+    # The reference, computed apart from vLLM: greedy decoding of the same models with
+    # transformers (+ PEFT for the adapter) in this process.
+    reference = {}
+    storage = Storage(platform_root)
+    base_path, _ = resolve("registry:base_lm", storage)
+    adapter_path, _ = Registry(storage).fetch("articles_lora", "champion")
+    tokenizer = load_tokenizer(base_path)
+    ids = tokenizer(prompt["prompt"], return_tensors="pt")
+    for name, model in (("base_lm", load_tuned(base_path, None)),
+                        ("articles_lora", load_tuned(base_path, adapter_path))):
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=12, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        reference[name] = tokenizer.decode(out[0, ids["input_ids"].shape[1]:],
+                                           skip_special_tokens=True)
+    assert reference["base_lm"] != reference["articles_lora"]  # the adapter changes the answer
+    assert base["choices"][0]["text"] == reference["base_lm"]
+    assert tuned["choices"][0]["text"] == reference["articles_lora"]
 
 
-def test_streaming_completions_and_rag_send_server_sent_events(api):
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens without English articles (the documented support tokens)."""
+    return [w for w in re.findall(r"\w+", text.lower()) if w not in ("a", "an", "the")]
+
+
+def test_streaming_completions_and_rag_send_what_the_plain_answer_says(api):
     whole = api.post("/v1/completions", json={"model": "articles_lora", "prompt": QUESTION,
                                               "max_tokens": 10, "temperature": 0}).json()
     reply = api.post("/v1/completions", json={"model": "articles_lora", "prompt": QUESTION,
@@ -70,22 +111,53 @@ def test_streaming_completions_and_rag_send_server_sent_events(api):
                                               "stream": True})
     assert reply.headers["content-type"].startswith("text/event-stream")
     chunks = sse(reply)
+    assert len(chunks) > 1  # streamed in pieces, not one event
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
-    rag = sse(api.post("/v1/rag", json={"question": QUESTION, "stream": True}))
-    assert len(rag[0]["citations"]) == 3 and all("delta" in e for e in rag[1:])
+
+    rag = api.post("/v1/rag", json={"question": QUESTION, "k": 3}).json()
+    streamed = sse(api.post("/v1/rag", json={"question": QUESTION, "k": 3, "stream": True}))
+    assert "".join(e["delta"] for e in streamed[1:]).strip() == rag["answer"]
+    assert streamed[0]["citations"] == [{k: v for k, v in c.items() if k != "support"}
+                                        for c in rag["citations"]]
+    # Citations are the retrieved chunks, numbered in rank order; support is the share of the
+    # answer's words found in the cited chunk.
+    chunks = api.post("/v1/retrieve", json={"query": QUESTION, "k": 3}).json()["chunks"]
+    assert [c["number"] for c in rag["citations"]] == [1, 2, 3]
+    assert [(c["chunk_id"], c["doc_id"], c["title"]) for c in rag["citations"]] == \
+        [(c["chunk_id"], c["doc_id"], c["title"]) for c in chunks]
+    answer = words(rag["answer"])
+    assert answer, rag
+    for citation, chunk in zip(rag["citations"], chunks, strict=True):
+        expected = sum(w in set(words(chunk["text"])) for w in answer) / len(answer)
+        assert citation["support"] == pytest.approx(expected)
+
+
+def test_a_clients_request_id_is_echoed_and_logged(api, platform_root):
+    mine = "client-trace-0042"
+    reply = api.post("/v1/classify", json={"texts": ["markets rally"]},
+                     headers={"X-Request-ID": mine})
+    assert reply.status_code == 200 and reply.headers["x-request-id"] == mine
+    logged = wait_logged(platform_root, "v1_classify", {mine})
+    assert logged["request_id"].tolist() == [mine]
+
+
+def wait_logged(root: str, route: str, ids: set[str], timeout_s: float = 120) -> pd.DataFrame:
+    """The prediction-log rows of `ids`, polled until all are written (a generous bound)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = glob.glob(f"{root}/predictions/{route}/date=*/*.parquet")
+        logged = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(
+            {"request_id": []})
+        rows = logged[logged["request_id"].isin(ids)]
+        if set(rows["request_id"]) == ids or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
 
 
 def test_predictions_are_logged_with_request_ids_and_no_keys(api, platform_root):
     ids = [api.post("/v1/classify", json={"texts": ["markets rally"]}).headers["x-request-id"]
            for _ in range(3)]
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        files = glob.glob(f"{platform_root}/predictions/v1_classify/date=*/*.parquet")
-        logged = pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
-        if set(ids) <= set(logged.get("request_id", [])):
-            break
-        time.sleep(0.5)
-    rows = logged[logged["request_id"].isin(ids)]
+    rows = wait_logged(platform_root, "v1_classify", set(ids))
     assert len(rows) == 3 and set(rows["model"]) == {"article_topic"}
     assert set(rows["api_key"]) == {"tester"} and (rows["latency_ms"] > 0).all()
     assert json.loads(rows["inputs"].iloc[0]) == ["markets rally"]
@@ -139,7 +211,8 @@ def test_invalid_bodies_get_422_naming_the_field(api, path, body, field):
     reply = api.post(path, json=body)
     assert reply.status_code == 422, reply.text
     error = reply.json()["error"]
-    assert field in [f["field"] for f in error["fields"]] or field in error["message"]
+    assert [f["field"] for f in error["fields"]] == [field], error
+    assert error["message"].startswith(f"invalid request: {field}: ")
 
 
 def test_other_bad_requests_get_4xx_with_the_fix(api):

@@ -1,5 +1,6 @@
-"""Operating the app: a new classifier version loaded in place through user_config, a replica
-killed under load and replaced, and the route metrics on Ray's Prometheus endpoint."""
+"""Operating the app: a new classifier version loaded in place through user_config, autoscaling
+up under load and back down, a replica killed under load and replaced, and the route metrics on
+Ray's Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, pl
     config = copy.deepcopy(serve_config)
     classifier_options(config)["user_config"]["ref"] = new.version
     deploy(config)
-    deadline, seen = time.time() + 60, []
-    while time.time() < deadline:
+    deadline, seen = time.monotonic() + 180, []
+    while time.monotonic() < deadline:
         reply = api.post("/v1/classify", json={"texts": ["markets and stocks"]})
         assert reply.status_code == 200  # no request fails during the switch
         seen.append(reply.json()["version"])
@@ -51,51 +52,100 @@ def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, pl
     after = api.get("/readyz").json()["classifier"]
     assert after["replica"] == before["replica"]  # reconfigured, not restarted
     deploy(serve_config)  # back to the champion for the other tests
-    deadline = time.time() + 60
+    deadline = time.monotonic() + 180
     while api.post("/v1/classify", json={"texts": ["x"]}).json()["version"] != \
-            champion.version and time.time() < deadline:
+            champion.version and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
-async def _load(base_url: str, total: int, concurrency: int) -> list[int]:
+async def _load(base_url: str, total: int, concurrency: int, stop: asyncio.Event | None = None,
+                seen: list | None = None) -> list[httpx.Response | None]:
+    """Up to `total` one-text classify requests from `concurrency` clients (until `stop`);
+    the replies in order of arrival (None for a connection error), also appended to `seen`."""
     headers = {"Authorization": f"Bearer {KEYS['tester']}"}
-    codes: list[int] = []
+    replies: list[httpx.Response | None] = [] if seen is None else seen
     queue = iter(range(total))
 
     async def worker(client: httpx.AsyncClient) -> None:
         for _ in queue:
+            if stop is not None and stop.is_set():
+                return
             try:
-                reply = await client.post("/v1/classify", json={"texts": ["stocks rally"]})
-                codes.append(reply.status_code)
+                replies.append(await client.post("/v1/classify",
+                                                 json={"texts": ["stocks rally"]}))
             except httpx.HTTPError:
-                codes.append(0)
+                replies.append(None)
 
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return codes
+    return replies
 
 
-def test_replica_killed_under_load_is_replaced_and_failures_are_counted(api, base_url):
+def running_replicas(name: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications["slipway"].deployments[name]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def test_classifier_autoscales_up_under_load_and_back_down(api, base_url, serve_config, deploy):
+    config = copy.deepcopy(serve_config)
+    options = classifier_options(config)
+    options.pop("num_replicas")
+    options["autoscaling_config"] = {
+        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+        "upscale_delay_s": 2, "downscale_delay_s": 5, "metrics_interval_s": 0.5,
+        "look_back_period_s": 2}
+    deploy(config)
+    replicas = []
+
+    async def scenario() -> list:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(base_url, total=5000, concurrency=12, stop=stop))
+        deadline = time.monotonic() + 180  # bounded: 5,000 requests or 3 minutes
+        while time.monotonic() < deadline and not load.done():
+            replicas.append(await asyncio.to_thread(running_replicas, "Classifier"))
+            if replicas[-1] == 2:
+                break
+            await asyncio.sleep(1)
+        stop.set()
+        return await load
+
+    replies = asyncio.run(scenario())
+    assert replicas[0] == 1 and replicas[-1] == 2, replicas  # scaled up under load
+    assert all(r is not None and r.status_code == 200 for r in replies)
+    deadline = time.monotonic() + 180
+    while running_replicas("Classifier") > 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert running_replicas("Classifier") == 1  # and back down when the load stopped
+    deploy(serve_config)  # one fixed replica again, for the tests that follow it
+
+
+def test_replica_killed_under_load_is_replaced_and_failures_are_retryable(api, base_url):
     from ray.util.state import list_actors
 
     before = api.get("/readyz").json()["classifier"]["replica"]
 
-    async def scenario() -> list[int]:
-        load = asyncio.create_task(_load(base_url, total=300, concurrency=8))
-        await asyncio.sleep(1.0)
+    async def scenario() -> list:
+        replies = []
+        load = asyncio.create_task(_load(base_url, total=300, concurrency=8, seen=replies))
+        while len(replies) < 20:  # the load is flowing
+            await asyncio.sleep(0.1)
         replica = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
                    if a.class_name.endswith("Classifier")]
         assert len(replica) == 1
         ray.kill(ray.get_actor(replica[0].name, namespace="serve"), no_restart=True)
         return await load
 
-    codes = asyncio.run(scenario())
-    failed = [c for c in codes if c != 200]
-    assert len(codes) == 300
-    assert set(failed) <= {503, 0}, set(failed)  # a retryable 503, never a 500
+    replies = asyncio.run(scenario())
+    failed = [r for r in replies if r is None or r.status_code != 200]
+    assert len(replies) == 300
+    # Every failure is a 503 that tells the client when to retry, never a 500 or a reset.
+    assert all(r is not None and r.status_code == 503 and r.headers["retry-after"] == "1"
+               for r in failed), {(r.status_code if r else None) for r in failed}
     assert len(failed) < 150, f"{len(failed)} of 300 failed"
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         ready = api.get("/readyz")
         if ready.status_code == 200 and ready.json()["classifier"]["replica"] != before:
             break
