@@ -30,7 +30,7 @@ class EvaluateLlmConfig(JobConfig):
     """Which adapter, how many examples, and what to do with the verdict."""
 
     model_name: str = "articles_lora"
-    ref: str = Field(default="challenger", description="alias or version number")
+    ref: str | int = Field(default="challenger", description="alias or version number")
     max_examples_per_task: int = Field(default=60, ge=1)
     max_new_tokens: int = Field(default=24, ge=1, le=512)
     gate: list[str] | None = Field(default=None,

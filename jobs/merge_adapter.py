@@ -24,7 +24,7 @@ class MergeConfig(JobConfig):
     """The adapter to merge."""
 
     model_name: str = "articles_lora"
-    ref: str = Field(default="champion", description="alias or version number")
+    ref: str | int = Field(default="champion", description="alias or version number")
 
 
 def main(cfg: MergeConfig) -> ModelVersion:

@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 from pydantic import Field
 
-from slipway.cli import JobFailed, run_job
+from slipway.cli import run_job
 from slipway.config import JobConfig
 from slipway.registry import ModelVersion, Registry
 from slipway.runtime import init_ray
@@ -33,6 +33,7 @@ from slipway.train.trainer import (
     Prepared,
     TrainerSettings,
     classifier_loop_config,
+    fit,
     make_trainer,
     register,
     save_splits,
@@ -96,9 +97,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                                data_versions=prepared.data_versions, ray_train_run=run_name))
         trainer = make_trainer(prepared.datasets, config, cfg.trainer, run_name,
                                storage.makedirs("checkpoints"))
-        result = trainer.fit()
-        if result.error or result.checkpoint is None:
-            raise JobFailed(f"training run {run_name} failed: {result.error}")
+        result = fit(trainer, run_name)
         final = final_metrics(result.metrics)
         version = register(registry, cfg.model_name, prepared, config, result.checkpoint, final,
                            config=cfg.model_dump(mode="json"), code_version=run.git_sha,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -37,10 +38,20 @@ def gate_metrics(tasks: Sequence[str]) -> list[str]:
     return ["perplexity", *(f"{t}_{m}" for t in sorted(set(tasks)) for m in GATE_METRICS[t])]
 
 
+# One token per CJK character (those scripts put no spaces between words), else runs of Unicode
+# letters and digits in any script.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+
+
+def tokens(text: str) -> list[str]:
+    """Case-folded word tokens of any script, CJK by character, without punctuation."""
+    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+
+
 def normalize(text: str) -> list[str]:
-    """Lower-cased word tokens without punctuation or articles."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return [w for w in words if w not in ("a", "an", "the")]
+    """`tokens` without the English articles (for exact match, token F1 and faithfulness)."""
+    return [w for w in tokens(text) if w not in ("a", "an", "the")]
 
 
 def exact_match(answer: str, reference: str) -> float:
@@ -62,7 +73,11 @@ def token_f1(answer: str, reference: str) -> float:
 def _rouge_scorer() -> Any:
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"])
+    class Tokenizer:  # rouge-score's own tokenizer keeps only [a-z0-9]
+        def tokenize(self, text: str) -> list[str]:
+            return tokens(text)
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=Tokenizer())
 
 
 def rouge_l(answer: str, reference: str) -> float:

@@ -22,7 +22,7 @@ from llm.train_loop import EXPORT_DIR, lm_train_loop
 from slipway.config import ConfigError, StrictModel
 from slipway.errors import SlipwayError
 from slipway.storage import Storage, local_cache
-from slipway.train.trainer import TrainerSettings, make_trainer, to_dataset
+from slipway.train.trainer import TrainerSettings, fit, make_trainer, to_dataset
 
 
 class LoraSettings(StrictModel):
@@ -109,11 +109,9 @@ def run_lm_training(arrays: dict[str, dict[str, np.ndarray]], config: dict[str, 
                             f"{trainer.num_workers} workers; add data or lower "
                             "trainer.num_workers")
     run_name = run_name or f"{name}-{uuid.uuid4().hex[:8]}"
-    fit = make_trainer({k: to_dataset(v) for k, v in arrays.items()}, config, trainer,
-                       run_name, storage.makedirs("checkpoints"), loop=lm_train_loop)
-    result = fit.fit()
-    if result.error or result.checkpoint is None:
-        raise SlipwayError(f"training run {run_name} failed: {result.error}")
+    result = fit(make_trainer({k: to_dataset(v) for k, v in arrays.items()}, config, trainer,
+                              run_name, storage.makedirs("checkpoints"), loop=lm_train_loop),
+                 run_name)
     export_path = os.path.join(result.checkpoint.path, EXPORT_DIR)
     if not result.checkpoint.filesystem.get_file_info(export_path).type:
         raise SlipwayError(f"run {run_name}: its last checkpoint has no {EXPORT_DIR}/ folder")

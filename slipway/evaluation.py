@@ -18,9 +18,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     `proba` is (n,) for binary problems (probability of class 1) or (n, classes).
     """
     y_true = np.asarray(y_true)
-    proba = np.asarray(proba, dtype=float)
+    proba = np.asarray(proba, dtype=np.float64)
     full = np.stack([1 - proba, proba], axis=1) if proba.ndim == 1 else proba
-    full = full / full.sum(axis=1, keepdims=True)  # float32 softmax sums drift from 1
+    # float32 softmax sums drift from 1: clip away zeros, then normalise in float64, so every
+    # row sums to one for scikit-learn's scorers.
+    full = np.clip(full, 1e-12, None)
+    full = full / full.sum(axis=1, keepdims=True)
     pred = full.argmax(axis=1)
     labels = np.arange(full.shape[1])
     average = "binary" if full.shape[1] == 2 else "macro"
@@ -30,7 +33,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         "recall": skm.recall_score(y_true, pred, average=average, zero_division=0),
         "macro_f1": skm.f1_score(y_true, pred, average="macro", labels=labels,
                                  zero_division=0),
-        "log_loss": skm.log_loss(y_true, np.clip(full, 1e-7, 1), labels=labels),
+        "log_loss": skm.log_loss(y_true, full, labels=labels),
         "ece": calibration_table(y_true, full)[1],
     }
     present = np.unique(y_true)

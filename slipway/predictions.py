@@ -56,8 +56,11 @@ def write_rows(storage: Storage, rows: list[dict[str, Any]], writer: str) -> int
     for (route, day), part in groups.items():
         table = pa.Table.from_pylist(part, schema=SCHEMA)
         name = f"{writer}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
-        with storage.open_output("predictions", route, f"date={day}", name) as out:
-            pq.write_table(table, out)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        # Whole files only: the monitor and the tests read the log while the app writes it.
+        storage.write_whole(buffer.getvalue().to_pybytes(), "predictions", route, f"date={day}",
+                            name)
     return len(groups)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -72,6 +73,20 @@ class Storage:
         if len(parts) > 1:
             self.makedirs(*parts[:-1])
         return self.fs.open_output_stream(self._path(*parts))
+
+    def write_whole(self, data: bytes, *parts: str) -> str:
+        """Write `data` to the file `parts` so that readers never see it half written (a
+        hidden temporary file renamed into place on local disks; object stores publish an
+        object only once its upload completes); return its URI."""
+        if not self.is_local:
+            with self.open_output(*parts) as out:
+                out.write(data)
+            return self.uri(*parts)
+        temp = (*parts[:-1], f".{parts[-1]}.{uuid.uuid4().hex[:8]}.tmp")
+        with self.open_output(*temp) as out:
+            out.write(data)
+        self.fs.move(self._path(*temp), self._path(*parts))
+        return self.uri(*parts)
 
     def write_json(self, obj: Any, *parts: str) -> str:
         """Write `obj` as indented JSON to `parts` and return its URI."""

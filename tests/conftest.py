@@ -3,6 +3,8 @@ notebooks and the Serve app share, and a scratch storage root."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -50,11 +52,22 @@ def redis_url() -> Iterator[str]:
 def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, str]]:
     """A small root with every model trained and promoted by the platform's pipeline
     (benchmarks.platform), built once: the root, the pipeline layer used and the outcomes."""
-    from benchmarks.platform import build_platform
+    from benchmarks.platform import build_platform, platform_pipeline
 
+    reuse = os.environ.get("SLIPWAY_TEST_PLATFORM_ROOT")
+    if reuse:  # the inner loop: a root an earlier session built (its pipeline records say how)
+        records = sorted(glob.glob(f"{reuse}/pipeline/*.json"), key=os.path.getmtime)
+        outcomes = {r["stage"]: r["outcome"] for r in map(json.loads, map(_read, records))}
+        layer = platform_pipeline(reuse, str(tmp_path_factory.mktemp("platform") / "p.yaml"))
+        return reuse, layer, outcomes
     folder = tmp_path_factory.mktemp("platform")
     root, layer = str(folder / "root"), str(folder / "pipeline.yaml")
     return root, layer, build_platform(root, layer)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,18 @@ import ray
 import torch
 from pydantic import Field
 from ray.data.extensions import ArrowTensorArray
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    Result,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from slipway.config import StrictModel
+from slipway.errors import SlipwayError
 from slipway.registry import ModelVersion, Registry
 from slipway.storage import Storage
 from slipway.train.loop import CHECKPOINT_FILE, train_loop
@@ -99,6 +107,21 @@ def make_trainer(datasets: dict[str, ray.data.Dataset], config: dict[str, Any],
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints)),
     )
+
+
+def fit(trainer: TorchTrainer, run_name: str) -> Result:
+    """Run `trainer`; a run that fails for good (its worker group failed more often than
+    `trainer.max_failures` allows) is a `SlipwayError` that says how to resume it."""
+    try:
+        result = trainer.fit()
+        error = result.error or (None if result.checkpoint else "it reported no checkpoint")
+    except ray.train.TrainingFailedError as exc:
+        error = exc
+    if error:
+        last = str(error).strip().splitlines()[-1]
+        raise SlipwayError(f"training run {run_name} failed: {last}; fix the cause, then "
+                           f"resume it from its last checkpoint with --set resume_run={run_name}")
+    return result
 
 
 def save_splits(splits: dict[str, pd.DataFrame], storage: Storage, model_name: str, run_id: str

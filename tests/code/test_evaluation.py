@@ -63,3 +63,23 @@ def test_plots_are_written(tmp_path):
     plot_confusion(y, (p > 0.5).astype(int), ["no click", "click"], str(tmp_path / "cm.png"))
     for name in ("rel.png", "cm.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_float32_softmax_probabilities_score_without_warnings_and_exactly():
+    import warnings
+
+    import torch
+
+    rng = np.random.default_rng(1)
+    logits = torch.from_numpy(rng.normal(0, 4, (500, 6)).astype(np.float32))
+    proba = torch.softmax(logits, dim=1).numpy()  # float32: rows sum to 1 only roughly
+    proba[0] = [1, 0, 0, 0, 0, 0]  # a certain (and wrong) answer: no log(0)
+    y = rng.integers(0, 6, 500)
+    y[0] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's "y_prob values do not sum to one"
+        metrics = classification_metrics(y, proba)
+    p64 = proba.astype(np.float64).clip(1e-12)
+    p64 /= p64.sum(axis=1, keepdims=True)
+    assert metrics["log_loss"] == pytest.approx(-np.mean(np.log(p64[np.arange(500), y])))
+    assert metrics["accuracy"] == pytest.approx(np.mean(proba.argmax(axis=1) == y))

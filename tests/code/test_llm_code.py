@@ -29,6 +29,17 @@ def test_generation_metrics():
     assert faithfulness("", "anything") == 0.0
 
 
+def test_metrics_read_every_script_not_only_latin_letters():
+    # Before: both answers normalised to nothing, so different answers "matched" exactly.
+    assert exact_match("東京です", "大阪です") == 0.0
+    assert exact_match("東京です。", "東京です") == 1.0  # punctuation still ignored
+    assert token_f1("東京です", "大阪です") == pytest.approx(0.5)  # で, す of 4 characters
+    assert rouge_l("東京です", "大阪です") == pytest.approx(0.5)
+    assert exact_match("Привет, мир!", "привет мир") == 1.0
+    assert exact_match("Привет мир", "Пока мир") == 0.0
+    assert faithfulness("Ωmega café", "the ΩMEGA CAFÉ opened") == 1.0
+
+
 def test_chunks_cover_the_text_with_the_configured_overlap():
     words = [f"w{i}" for i in range(23)]
     chunks = chunk_words(" ".join(words), size=10, overlap=3)

@@ -33,6 +33,15 @@ def serve_config(platform_root, tmp_path_factory) -> dict:
     for deployment in config["applications"][0]["deployments"]:  # one replica each: the
         deployment.pop("autoscaling_config", None)  # tests follow a replica by its id
         deployment["num_replicas"] = 1
+    # The classifier autoscales (1-2 replicas) on a short fuse: one replica under the light,
+    # sequential traffic of most tests, two under the autoscaling test's load.
+    classifier = next(d for d in config["applications"][0]["deployments"]
+                      if d["name"] == "Classifier")
+    classifier.pop("num_replicas")
+    classifier["autoscaling_config"] = {
+        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+        "upscale_delay_s": 2, "downscale_delay_s": 5, "metrics_interval_s": 0.5,
+        "look_back_period_s": 2}
     return config
 
 

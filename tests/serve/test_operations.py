@@ -84,19 +84,21 @@ async def _load(base_url: str, total: int, concurrency: int, stop: asyncio.Event
 def running_replicas(name: str) -> int:
     from ray import serve
 
-    status = serve.status().applications["slipway"].deployments[name]
-    return status.replica_states.get("RUNNING", 0)
+    status = serve.status().applications["slipway"].deployments.get(name)
+    return status.replica_states.get("RUNNING", 0) if status else 0
 
 
-def test_classifier_autoscales_up_under_load_and_back_down(api, base_url, serve_config, deploy):
-    config = copy.deepcopy(serve_config)
-    options = classifier_options(config)
-    options.pop("num_replicas")
-    options["autoscaling_config"] = {
-        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-        "upscale_delay_s": 2, "downscale_delay_s": 5, "metrics_interval_s": 0.5,
-        "look_back_period_s": 2}
-    deploy(config)
+def wait_replicas(name: str, count: int, timeout_s: float = 180) -> int:
+    """Poll (a generous bound) until `name` has `count` running replicas; the last count."""
+    deadline = time.monotonic() + timeout_s
+    while (running := running_replicas(name)) != count and time.monotonic() < deadline:
+        time.sleep(1)
+    return running
+
+
+def test_classifier_autoscales_up_under_load_and_back_down(api, base_url):
+    # The session's config lets the classifier scale between 1 and 2 replicas (conftest).
+    assert wait_replicas("Classifier", 1) == 1
     replicas = []
 
     async def scenario() -> list:
@@ -114,16 +116,17 @@ def test_classifier_autoscales_up_under_load_and_back_down(api, base_url, serve_
     replies = asyncio.run(scenario())
     assert replicas[0] == 1 and replicas[-1] == 2, replicas  # scaled up under load
     assert all(r is not None and r.status_code == 200 for r in replies)
-    deadline = time.monotonic() + 180
-    while running_replicas("Classifier") > 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert running_replicas("Classifier") == 1  # and back down when the load stopped
-    deploy(serve_config)  # one fixed replica again, for the tests that follow it
+    assert wait_replicas("Classifier", 1) == 1  # and back down once the load stopped
 
 
 def test_replica_killed_under_load_is_replaced_and_failures_are_retryable(api, base_url):
     from ray.util.state import list_actors
 
+    deadline = time.monotonic() + 120  # a replica stopped by the scale-down may linger
+    while len(replica := [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                          if a.class_name.endswith("Classifier")]) != 1:
+        assert time.monotonic() < deadline, replica
+        time.sleep(0.5)
     before = api.get("/readyz").json()["classifier"]["replica"]
 
     async def scenario() -> list:
@@ -131,9 +134,6 @@ def test_replica_killed_under_load_is_replaced_and_failures_are_retryable(api, b
         load = asyncio.create_task(_load(base_url, total=300, concurrency=8, seen=replies))
         while len(replies) < 20:  # the load is flowing
             await asyncio.sleep(0.1)
-        replica = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                   if a.class_name.endswith("Classifier")]
-        assert len(replica) == 1
         ray.kill(ray.get_actor(replica[0].name, namespace="serve"), no_restart=True)
         return await load
 
