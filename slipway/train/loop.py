@@ -117,7 +117,8 @@ def train_loop(config: dict[str, Any]) -> None:
             total += loss.item() * len(logits)
             count += len(logits)
         seconds = time.perf_counter() - started
-        metrics = {"epoch": epoch, "train_loss": total / max(count, 1), "train_samples": count,
+        metrics = {"epoch": epoch, "start_epoch": start_epoch,
+                   "train_loss": total / max(count, 1), "train_samples": count,
                    # shards are equal (Ray Train splits with equal=True): the global throughput
                    "train_samples_per_s": count * context.get_world_size() / max(seconds, 1e-9),
                    **evaluate_shard(model, valid_shard, inputs, config["batch_size"], device)}

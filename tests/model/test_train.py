@@ -109,9 +109,12 @@ def test_a_stopped_run_is_finished_by_resume_run_from_its_last_checkpoint(platfo
                                "trainer.max_failures=0"))
     assert not Registry(Storage(platform_root)).versions("resumed")  # nothing registered
     result = train_job(train_config(platform_root, *small))
-    # Epoch 0 was checkpointed before the failure; the resumed run trained epochs 1 and 2 only.
+    # Epoch 0 was checkpointed before the failure (its report is in the run's history); the
+    # resumed run started from that checkpoint and trained epochs 1 and 2 only.
     assert result.run_name == "resumed-run"
-    assert result.history["epoch"].tolist() == [1, 2]
+    history = result.history
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["start_epoch"].tolist() == [0, 1, 1]
     assert Registry(Storage(platform_root)).get("resumed", "challenger").version == 1
 
 
