@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -57,17 +58,13 @@ def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, s
     reuse = os.environ.get("SLIPWAY_TEST_PLATFORM_ROOT")
     if reuse:  # the inner loop: a root an earlier session built (its pipeline records say how)
         records = sorted(glob.glob(f"{reuse}/pipeline/*.json"), key=os.path.getmtime)
-        outcomes = {r["stage"]: r["outcome"] for r in map(json.loads, map(_read, records))}
+        outcomes = {r["stage"]: r["outcome"]
+                    for r in (json.loads(Path(path).read_text()) for path in records)}
         layer = platform_pipeline(reuse, str(tmp_path_factory.mktemp("platform") / "p.yaml"))
         return reuse, layer, outcomes
     folder = tmp_path_factory.mktemp("platform")
     root, layer = str(folder / "root"), str(folder / "pipeline.yaml")
     return root, layer, build_platform(root, layer)
-
-
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
 
 
 @pytest.fixture(scope="session")
