@@ -6,6 +6,10 @@ impression's user (categorical; drift: desktop and tablet traffic x1.25), and Mi
 of article titles (drift: twice the technology share). Each trial draws a reference and a current
 sample (with replacement) from the clean pool, or the reference from the clean pool and the
 current from the drifted one; a detector alarms at alpha 0.05 or past its default threshold.
+False-alarm rates come with their exact (Clopper-Pearson) 99% interval: 400 trials per size, and
+1,000 for the significance tests (KS, chi-squared), whose rate must be alpha; so a test holding
+alpha 0.05 is told apart from one that does not (20 trials could not: 4 alarms in 20, once read
+as a 20% rate for chi-squared at 10,000 rows, happens by chance).
 The stream: a 2,000-row reference, then windows of 500 rows, clean for 10 windows and drifted
 after; the delay is the number of drifted windows seen before the first alarm (0: the first).
 """
@@ -17,6 +21,7 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from benchmarks.common import env_info, write_results
 from slipway.data.generate import DriftSpec, GeneratorConfig, generate
@@ -24,7 +29,8 @@ from slipway.models.text import DEFAULT_ENCODER, Embedder
 from slipway.monitoring.detectors import Result, compare, correct, domain_classifier
 
 SIZES = (100, 1000, 10_000)
-TRIALS = {100: 100, 1000: 50, 10_000: 20}
+TRIALS = {100: 400, 1000: 400, 10_000: 400}
+SIGNIFICANCE_TRIALS = 1000  # per size, for the tests whose false-alarm rate must be alpha
 EMBEDDING_TRIALS = {100: 20, 1000: 10, 10_000: 3}
 NUMERIC = ("ks", "ks_distance", "wasserstein", "jensenshannon", "psi")
 CATEGORICAL = ("chi2", "jensenshannon", "psi")
@@ -73,16 +79,19 @@ def detectors() -> list[tuple[str, str]]:
             + [("domain_classifier:title_embedding", "title_embedding")])
 
 
-def rates(data: dict, rng: np.random.Generator) -> tuple[dict, dict]:
-    """Power and false-alarm rate per detector and size."""
+def rates(data: dict, rng: np.random.Generator) -> tuple[dict, dict, dict]:
+    """Power, false-alarm rate and the rate's 99% interval per detector and size."""
     power: dict[str, dict[str, float]] = {}
     false_alarm: dict[str, dict[str, float]] = {}
+    interval: dict[str, dict[str, list[float]]] = {}
     for name, column in detectors():
         method = name.split(":")[0]
         clean, drifted = data[column]
-        power[name], false_alarm[name] = {}, {}
+        power[name], false_alarm[name], interval[name] = {}, {}, {}
         for n in SIZES:
             trials = (EMBEDDING_TRIALS if column == "title_embedding" else TRIALS)[n]
+            if method in ("ks", "chi2"):
+                trials = SIGNIFICANCE_TRIALS
             hits = alarms = 0
             for t in range(trials):
                 ref = clean[rng.integers(len(clean), size=n)]
@@ -90,7 +99,9 @@ def rates(data: dict, rng: np.random.Generator) -> tuple[dict, dict]:
                 hits += detect(method, ref, drifted[rng.integers(len(drifted), size=n)], t)
             power[name][f"n{n}"] = hits / trials
             false_alarm[name][f"n{n}"] = alarms / trials
-    return power, false_alarm
+            ci = stats.binomtest(alarms, trials).proportion_ci(0.99, method="exact")
+            interval[name][f"n{n}"] = [round(ci.low, 4), round(ci.high, 4)]
+    return power, false_alarm, interval
 
 
 def delays(data: dict, rng: np.random.Generator, seeds: int = 10, window: int = 500,
@@ -121,12 +132,14 @@ def main() -> None:
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     data = pools()
-    power, false_alarm = rates(data, rng)
+    power, false_alarm, interval = rates(data, rng)
     delay, stream_false_alarm = delays(data, rng)
     results = {"power": power, "false_alarm_rate": false_alarm,
+               "false_alarm_rate_ci99": interval,
                "detection_delay_windows": delay,
                "stream_false_alarms_per_clean_window": stream_false_alarm,
                "settings": {"alpha": 0.05, "trials": TRIALS, "embedding_trials": EMBEDDING_TRIALS,
+                            "significance_trials": SIGNIFICANCE_TRIALS,
                             "stream": {"reference_rows": 2000, "window_rows": 500,
                                        "clean_windows": 10, "drifted_windows": 10},
                             "domain_classifier_max_rows_per_side": 5000},

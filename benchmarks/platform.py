@@ -19,8 +19,9 @@ SMALL = {
     # Enough impressions for the engagement model's quality to show (tests/model/test_train.py).
     "generate": ["generator.num_events=30000", "generator.num_users=400",
                  "generator.num_articles=200", "generator.days=20"],
-    "train": [*ONE_WORKER, "engagement.max_examples=2000", "model.epochs=1"],
-    "promote": ["min_value=0.0"],  # one epoch on 2,000 rows: any first model is the champion
+    # The shipped training (two workers, five epochs) on every impression: tests/model/test_train.py
+    # judges this model and resumes a stopped copy of its run.
+    "train": ["trainer.keep_checkpoints=null", "engagement.max_examples=null"],
     "train_text": [*ONE_WORKER, "model.epochs=3", "text.embed_actors=1"],
     "bootstrap_llm": ["trainer.num_workers=1", *TINY_LM],
     "finetune_llm": ["trainer.num_workers=2", "optim.epochs=1",

@@ -7,7 +7,10 @@ and vLLM against transformers `generate`.
    Requests/s and p50/p99 latency from one asyncio httpx client (its own cost is included on
    every side, so the ratios are fair; the absolute ceiling is partly the client's on 2 cores).
 2. `/v1/rag` end to end (auth, retrieve, vLLM generate with the LoRA adapter, citations, log).
-3. Generation throughput on a larger randomly initialised Llama (`--gen-hidden`,
+3. Resilience: a load at concurrency 16 on `/v1/classify` while the Classifier (two replicas)
+   loses a replica (`ray.kill`), is rolled to new replicas (changed actor options) and is scaled
+   down to one; the load runs until Serve has settled, and every failed request is counted.
+4. Generation throughput on a larger randomly initialised Llama (`--gen-hidden`,
    `--gen-layers`; untrained, so outputs are fixed-length with EOS ignored): 32 requests of mixed
    prompt (16-240 tokens) and output (16-128 tokens) lengths, all at once, through vLLM's engine
    (continuous batching) and through transformers `generate` (one left-padded batch, the
@@ -15,7 +18,8 @@ and vLLM against transformers `generate`.
 
 Ray Serve 2.60's documented fast path `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` is on (`--no-fast`
 turns it off); HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY`) needs a haproxy binary and is left
-off. Writes results/serve.json and prints a table.
+off. Writes results/serve.json and prints a table; `--only resilience` runs part 3 alone and
+updates its key in the existing file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import json
 import os
 import statistics
 import subprocess
@@ -34,7 +39,7 @@ import httpx
 import pandas as pd
 import yaml
 
-from benchmarks.common import env_info, free_port, percentile, write_results
+from benchmarks.common import RESULTS, env_info, free_port, percentile, write_results
 
 KEY = "sk-bench-0123456789"
 LEVELS = (1, 8, 32)
@@ -94,6 +99,95 @@ def set_batching(config: dict, max_batch_size: int) -> dict:
     return config
 
 
+SCENARIOS = ("replica_kill", "rolling_update", "scale_down")
+
+
+def with_classifier(config: dict, **options) -> dict:
+    """A copy of `config` whose Classifier deployment has `options` (fixed replicas)."""
+    config = copy.deepcopy(config)
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] == "Classifier":
+            d.pop("autoscaling_config", None)
+            d.update(options)
+    return config
+
+
+def classifier_settled(replicas: int) -> bool:
+    """Whether Serve runs exactly `replicas` Classifier replicas and nothing is changing."""
+    from ray import serve
+
+    app = serve.status().applications.get("slipway")
+    status = app and app.deployments.get("Classifier")  # none while a deploy is being applied
+    return bool(status) and status.status == "HEALTHY" and \
+        status.replica_states == {"RUNNING": replicas}
+
+
+async def load_until(url: str, texts: list[str], concurrency: int, stop: asyncio.Event,
+                     max_requests: int) -> tuple[int, int]:
+    """One-text classify requests until `stop` (or `max_requests`); (sent, failed), where a
+    failure is any answer but 200 or no answer at all."""
+    sent = failed = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal sent, failed
+        while not stop.is_set() and sent < max_requests:
+            sent += 1
+            try:
+                reply = await client.post("/v1/classify", json={"texts": [texts[sent % 50]]})
+                failed += reply.status_code != 200
+            except httpx.HTTPError:
+                failed += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return sent, failed
+
+
+def resilience(url: str, base: dict, deploy, texts: list[str]) -> dict:
+    """Requests sent and failed per scenario, at concurrency 16, bounded (3,000 requests and
+    a 180 s settle time each)."""
+    import ray
+    from ray.util.state import list_actors
+
+    two = with_classifier(base, num_replicas=2)
+    out = {}
+    for scenario in SCENARIOS:
+        deploy(two)
+        deadline = time.monotonic() + 300
+        while not classifier_settled(2):
+            assert time.monotonic() < deadline, f"{scenario}: two replicas did not start"
+            time.sleep(1)
+        target = 1 if scenario == "scale_down" else 2
+
+        async def run(scenario: str, target: int) -> tuple[int, int]:
+            stop = asyncio.Event()
+            load = asyncio.create_task(load_until(url, texts, 16, stop, 3000))
+            await asyncio.sleep(2)  # the load is flowing
+            if scenario == "replica_kill":
+                actor = next(a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                             if a.class_name.endswith("Classifier"))
+                ray.kill(ray.get_actor(actor.name, namespace="serve"), no_restart=True)
+            elif scenario == "rolling_update":  # new actor options: every replica replaced
+                deploy(with_classifier(base, num_replicas=2,
+                                       ray_actor_options={"num_cpus": 0.25}))
+            else:
+                deploy(with_classifier(base, num_replicas=1))
+            await asyncio.sleep(3)  # Serve has seen the change
+            settle = time.monotonic() + 180
+            while not classifier_settled(target) and time.monotonic() < settle:
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(2)
+            stop.set()
+            return await load
+
+        sent, failed = asyncio.run(run(scenario, target))
+        out[scenario] = {"requests": sent, "failed_requests": failed}
+        print(f"{scenario}: {failed} of {sent} requests failed", flush=True)
+    return out
+
+
 def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     """Classify batched/unbatched and RAG through the app on a local Ray."""
     import ray
@@ -110,11 +204,16 @@ def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     base = serve_config(root, port)
     out: dict = {}
     try:
+        if requests == 0:  # --only resilience
+            client.deploy_applications(base)
+            wait_ready(url, 420)
+            return {"resilience": resilience(url, base, client.deploy_applications, texts)}
         for name, size in (("batched", 32), ("unbatched", 1)):
             client.deploy_applications(set_batching(base, size))
             wait_ready(url, 420)
             time.sleep(3)
             out[name] = classify_levels(url, texts, requests)
+        out["resilience"] = resilience(url, base, client.deploy_applications, texts)
         questions = [{"question": f"What does '{t}' report?", "k": 3} for t in texts]
         bodies = [questions[i % len(questions)] for i in range(rag_requests)]
         asyncio.run(load(url, "/v1/rag", bodies[:4], 2))
@@ -228,6 +327,8 @@ def main() -> None:
     parser.add_argument("--gen-layers", type=int, default=8)
     parser.add_argument("--no-fast", action="store_true",
                         help="leave RAY_SERVE_THROUGHPUT_OPTIMIZED off")
+    parser.add_argument("--only", choices=["resilience"], default=None,
+                        help="run one part and update its key in results/serve.json")
     opts = parser.parse_args()
     for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
                         ("HF_HUB_OFFLINE", "1"), ("WANDB_MODE", "disabled")):
@@ -246,6 +347,12 @@ def main() -> None:
             ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
             build_platform(root, f"{root}.pipeline.yaml")
             ray.shutdown()
+    if opts.only == "resilience":
+        scenarios = serve_side(root, 0, 0)["resilience"]
+        results = json.loads((RESULTS / "serve.json").read_text())
+        results.update(resilience_results(scenarios))
+        write_results("serve", results, resilience_table(scenarios))
+        return
     served = serve_side(root, opts.requests, opts.rag_requests)
     plain = plain_side(root, opts.requests)
     gen = generation(root, opts.gen_hidden, opts.gen_layers)
@@ -260,6 +367,7 @@ def main() -> None:
                                  for c in plain},
         "rag_p50_ms": served["rag"]["p50_ms"], "rag_p99_ms": served["rag"]["p99_ms"],
         "rag_rps": served["rag"]["rps"], "rag_failures": served["rag"]["failures"],
+        **resilience_results(served["resilience"]),
         "vllm_tokens_per_s": gen["vllm_tokens_per_s"], "hf_tokens_per_s": gen["hf_tokens_per_s"],
         "generation": gen,
         "settings": {"requests_per_level": opts.requests, "rag_requests": opts.rag_requests,
@@ -276,7 +384,20 @@ def main() -> None:
                f"{gen['vllm_tokens_per_s']:.0f} tok/s, transformers "
                f"{gen['hf_tokens_per_s']:.0f} tok/s "
                f"({gen['vllm_tokens_per_s'] / gen['hf_tokens_per_s']:.1f}x)")]
-    write_results("serve", results, table)
+    write_results("serve", results, table + resilience_table(served["resilience"]))
+
+
+def resilience_results(scenarios: dict) -> dict:
+    """The resilience part's keys in results/serve.json."""
+    return {"failed_requests": {k: v["failed_requests"] for k, v in scenarios.items()},
+            "resilience_requests": {k: v["requests"] for k, v in scenarios.items()},
+            "resilience_settings": {"concurrency": 16, "classifier_replicas": 2,
+                                    "max_requests": 3000}}
+
+
+def resilience_table(scenarios: dict) -> list[tuple[str, str]]:
+    return [(f"{k} (c16)", f"{v['failed_requests']} of {v['requests']} requests failed")
+            for k, v in scenarios.items()]
 
 
 if __name__ == "__main__":

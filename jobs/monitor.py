@@ -41,7 +41,7 @@ from slipway.monitoring.frames import (
     windows,
 )
 from slipway.monitoring.report import render
-from slipway.predictions import flatten, read_log
+from slipway.predictions import compact, flatten, read_log
 from slipway.registry import Registry
 from slipway.runtime import init_ray
 from slipway.storage import Storage
@@ -167,6 +167,7 @@ def run_once(cfg: MonitorConfig) -> MonitorResult:
     storage = Storage(cfg.storage.root)
     init_ray(cfg.ray)
     with track_run("monitor", cfg, storage) as run:
+        compact(storage, cfg.route, before=datetime.now(timezone.utc).date())  # finished days
         log = read_log(storage, cfg.route, cfg.model)
         if log.empty:
             raise JobFailed(f"no logged {cfg.route} answers of model {cfg.model!r} under "

@@ -17,14 +17,17 @@ still match its record is skipped; anything else runs it.
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import sys
 import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -94,6 +97,37 @@ def config_hash(cfg: JobConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+FIRST_PARTY = ("jobs", "slipway", "llm")
+
+
+def code_version(module: str, first_party: tuple[str, ...] = FIRST_PARTY) -> str:
+    """A hash of the code of `module` and of every first-party module it imports, directly or
+    through others (imports inside functions included). Parsed, so comments and formatting do
+    not count; a changed statement anywhere in what the stage runs does."""
+    trees: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in trees:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:  # `from package.module import name`: a name, not a module
+            spec = None
+        if spec is None or not (spec.origin or "").endswith(".py"):
+            continue
+        tree = ast.parse(Path(spec.origin).read_text())
+        trees[name] = ast.dump(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        todo = [n for n in todo if n.split(".")[0] in first_party]
+    text = "".join(f"{name}\n{trees[name]}\n" for name in sorted(trees))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def input_version(storage: Storage, path: str) -> str:
     """Content version of a path under the root, or of the files a glob matches
     (`models/x/versions/*/metadata.json`); "" when nothing is there."""
@@ -128,6 +162,8 @@ def plan(stage: Stage, cfg: JobConfig, storage: Storage, force: bool) -> Plan:
     record = storage.read_json("pipeline", f"{stage.name}.json")
     if record["config_hash"] != config_hash(cfg):
         return Plan("run", "config changed")
+    if record.get("code_version") != code_version(f"jobs.{stage.job}"):
+        return Plan("run", f"code of jobs.{stage.job} or what it imports changed")
     changed = [p for p in inputs if record["inputs"].get(p) != inputs[p]]
     if changed:
         return Plan("run", f"{', '.join(changed)} changed")
@@ -139,6 +175,7 @@ def record(stage: Stage, cfg: JobConfig, storage: Storage, outcome: str, seconds
     writes into its own inputs does not look changed next time)."""
     storage.write_json({"stage": stage.name, "job": stage.job, "outcome": outcome,
                         "seconds": round(seconds, 1), "config_hash": config_hash(cfg),
+                        "code_version": code_version(f"jobs.{stage.job}"),
                         "inputs": input_versions(stage, storage)},
                        "pipeline", f"{stage.name}.json")
 

@@ -180,11 +180,16 @@ class VectorIndex:
                                     "build it with `python -m jobs.build_index`")
         parts = ("indexes", name)
         raw = np.frombuffer(storage.read_bytes(*parts, "index.faiss"), dtype=np.uint8)
-        return cls(index=faiss.deserialize_index(raw),
-                   chunks=pd.read_parquet(io.BytesIO(storage.read_bytes(*parts,
-                                                                        "chunks.parquet"))),
-                   vectors=np.load(io.BytesIO(storage.read_bytes(*parts, "embeddings.npy"))),
-                   manifest=storage.read_json(*parts, "manifest.json"))
+        loaded = cls(index=faiss.deserialize_index(raw),
+                     chunks=pd.read_parquet(io.BytesIO(storage.read_bytes(*parts,
+                                                                          "chunks.parquet"))),
+                     vectors=np.load(io.BytesIO(storage.read_bytes(*parts, "embeddings.npy"))),
+                     manifest=storage.read_json(*parts, "manifest.json"))
+        sizes = {len(loaded.chunks), len(loaded.vectors), loaded.index.ntotal}
+        if len(sizes) != 1:  # read while a build was replacing the files
+            raise ValueError(f"index {name!r} files disagree (sizes {sorted(sizes)}); it is "
+                             "being rebuilt: load it again once the build finishes")
+        return loaded
 
     def save(self, storage: Storage, name: str) -> str:
         """Write the four files; the manifest last, so a reader never sees a partial index."""

@@ -23,10 +23,11 @@ def build(args: dict[str, Any]) -> Application:
     """The ingress bound to the four model deployments, configured by `args`."""
     s = validate_config(AppSettings, args, "serve application args")
     root = s.storage_root
+    every = s.follow_interval_s
     return Ingress.bind(
-        Classifier.bind(root, s.classifier_model),
-        Ranker.bind(root, s.ranker_model, s.feature_store.model_dump()),
-        Retriever.bind(root, s.index_name),
-        Generator.bind(root, s.generator.model_dump()),
+        Classifier.bind(root, s.classifier_model, every),
+        Ranker.bind(root, s.ranker_model, s.feature_store.model_dump(), every),
+        Retriever.bind(root, s.index_name, every),
+        Generator.bind(root, s.generator.model_dump(), every),
         s.model_dump(),
     )

@@ -9,24 +9,29 @@ Keys come from an environment variable (`name=key,name2=key2`) and/or a YAML sec
         burst: 100              # optional, else the app's default
 
 Only key names reach logs and the prediction log; keys are compared by SHA-256 digest in constant
-time. Rate limits are token buckets per key in each ingress replica (with N ingress replicas a key
-gets up to N times the rate).
+time. Rate limits are token buckets per key. With `auth.redis_url` the buckets live in Redis
+(one atomic script per request, timed by Redis's clock) and hold for the whole app; without it
+each ingress replica keeps its own, so N replicas let a key send up to N times its rate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 from fastapi import HTTPException
 
 from serve_apps.settings import AuthSettings
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass
@@ -92,6 +97,43 @@ class Bucket:
         return (1 - self.tokens) / self.rate
 
 
+# Refill, then take one token if there is one; the wait in seconds otherwise (as a string:
+# Redis turns Lua numbers into integers).
+TAKE_SCRIPT = """
+local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = math.min(capacity, (tonumber(state[1]) or capacity)
+                        + (now - (tonumber(state[2]) or now)) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+return tostring(wait)
+"""
+
+
+class SharedBucket:
+    """A token bucket in Redis, shared by every ingress replica; a replica's own `Bucket`
+    stands in while Redis cannot be reached."""
+
+    def __init__(self, client: Any, name: str, local: Bucket) -> None:
+        self.take_script = client.register_script(TAKE_SCRIPT)
+        self.key, self.local = f"slipway:ratelimit:{name}", local
+
+    def take(self) -> float:
+        """Take one token; return 0 if granted, else the seconds until one is available."""
+        import redis
+
+        try:
+            return float(self.take_script(keys=[self.key],
+                                          args=[self.local.rate, self.local.capacity]))
+        except redis.RedisError as exc:
+            logger.warning("rate limit: Redis unreachable (%s); limiting in this replica", exc)
+            return self.local.take()
+
+
 class Gate:
     """Checks the Authorization header and the key's rate; raises 401/403/429 HTTP errors."""
 
@@ -102,8 +144,15 @@ class Gate:
         if settings.enabled and not self.keys:
             raise ValueError(f"auth is enabled but no API keys were found: set {settings.keys_env}"
                              " (name=key pairs) or auth.keys_file, or set auth.enabled: false")
-        self.buckets = {k.name: Bucket(k.rate_per_minute / 60, k.burst, k.burst, clock)
-                        for k in self.keys}
+        self.buckets: dict[str, Bucket | SharedBucket] = {
+            k.name: Bucket(k.rate_per_minute / 60, k.burst, k.burst, clock) for k in self.keys}
+        if settings.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5,
+                                          socket_connect_timeout=0.5)
+            self.buckets = {name: SharedBucket(client, name, bucket)
+                            for name, bucket in self.buckets.items()}
 
     def check(self, authorization: str | None) -> str:
         """The caller's key name, or an HTTPException (401 no/malformed credentials, 403 unknown

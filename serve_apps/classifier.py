@@ -1,18 +1,23 @@
 """Classifier deployment: the registry's text classifier, with dynamic request batching.
 
 Its `user_config` picks the version (`ref`: alias or number) and the batching settings;
-changing it (`serve deploy` with a new user_config) reloads in place without a restart.
+changing it (`serve deploy` with a new user_config) reloads in place without a restart. An alias
+is followed (serve_apps/follow.py): a promotion or rollback is served within the app's
+`follow_interval_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import Field
 from ray import serve
 
+from serve_apps.follow import follow
 from slipway.config import StrictModel, validate_config
 from slipway.models.scoring import predict_labels, predict_proba
 from slipway.registry import ModelVersion, Registry
@@ -40,24 +45,32 @@ def answer(mv: ModelVersion, proba: np.ndarray) -> dict:
 class Classifier:
     """Label probabilities for texts, with the model's name and version."""
 
-    def __init__(self, storage_root: str, model_name: str) -> None:
+    def __init__(self, storage_root: str, model_name: str, follow_interval_s: float) -> None:
         self.registry = Registry(Storage(storage_root))
         self.model_name = model_name
-        self.model = self.version = None
+        self.ref: str | int = ClassifierConfig().ref
+        self.loaded: tuple[Any, ModelVersion] | None = None
+        self._loading = threading.Lock()
+        follow(self._refresh, follow_interval_s, f"classifier {model_name}")
+
+    def _refresh(self) -> None:
+        """Load the version `ref` names now, if it is not the one loaded."""
+        with self._loading:
+            mv = self.registry.get(self.model_name, self.ref)
+            if self.loaded is None or mv.version != self.loaded[1].version:
+                self.loaded = self.registry.load(self.model_name, mv.version)
 
     def reconfigure(self, user_config: dict) -> None:
         """Load the version `ref` names (if it changed) and apply the batching settings."""
         cfg = validate_config(ClassifierConfig, user_config, "Classifier user_config")
-        mv = self.registry.get(self.model_name, cfg.ref)
-        if self.version is None or mv.version != self.version.version:
-            model, mv = self.registry.load(self.model_name, mv.version)
-            self.model, self.version = model, mv
+        self.ref = cfg.ref
+        self._refresh()
         self._batch.set_max_batch_size(cfg.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batch(self, requests: list[list[str]]) -> list[dict]:
-        model, mv = self.model, self.version
+        model, mv = self.loaded  # kept for the whole batch, whatever is loaded meanwhile
         texts = [t for r in requests for t in r]
         proba = await asyncio.to_thread(predict_proba, model, mv, pd.DataFrame({"text": texts}))
         out, start = [], 0
@@ -72,5 +85,5 @@ class Classifier:
 
     def ready(self) -> dict:
         """The loaded model and this replica's id, for /readyz."""
-        return {"model": self.model_name, "version": self.version.version,
+        return {"model": self.model_name, "version": self.loaded[1].version,
                 "replica": serve.get_replica_context().replica_id.unique_id}

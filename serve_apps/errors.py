@@ -1,6 +1,10 @@
-"""Errors a deployment raises for a bad request; the ingress turns them into 4xx answers."""
+"""The app's one error shape, and the error a deployment raises for a bad request."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
 
 
 class RequestError(Exception):
@@ -13,3 +17,10 @@ class RequestError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   headers: dict | None = None, **extra: Any) -> JSONResponse:
+    """The one error body every route and middleware answers with (OpenAI's shape)."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status, **extra}},
+                        status_code=status, headers=headers)

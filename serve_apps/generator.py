@@ -6,10 +6,16 @@ vLLM's `AsyncLLMEngine` does the scheduling, continuous batching and KV cache (t
 mirror `ray.serve.llm`'s LLMServer (`completions`, `chat`, `models`, each an async generator of
 OpenAI-format chunks, or one response when not streaming), so a GPU cluster can swap in
 `ray.serve.llm` behind the same ingress.
+
+Adapters given as `registry:` references follow their alias (serve_apps/follow.py): a promoted
+adapter is loaded under a new LoRA id and answers new requests within `follow_interval_s`, while
+requests already running finish on the old one. The base model is pinned for the engine's life:
+a new base needs a redeploy.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -18,8 +24,9 @@ from typing import Any
 
 from ray import serve
 
-from llm.base import resolve
+from llm.base import REGISTRY_PREFIX, resolve
 from serve_apps.errors import RequestError
+from serve_apps.follow import follow
 from serve_apps.schemas import ChatRequest, CompletionRequest
 from serve_apps.settings import GeneratorSettings
 from slipway.models.hf import load_tokenizer
@@ -31,22 +38,21 @@ from slipway.storage import Storage, local_cache
 class Generator:
     """One vLLM engine per replica, started once and kept warm."""
 
-    def __init__(self, storage_root: str, settings: dict) -> None:
+    def __init__(self, storage_root: str, settings: dict, follow_interval_s: float) -> None:
         os.environ.setdefault("VLLM_CACHE_ROOT", local_cache("vllm"))
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         from vllm.lora.request import LoRARequest
 
         cfg = GeneratorSettings(**settings)
-        storage = Storage(storage_root)
-        base_path, base_version = resolve(cfg.base, storage)
+        self.storage, self.adapter_refs = Storage(storage_root), cfg.adapters
+        base_path, base_version = resolve(cfg.base, self.storage)
         self.base_name = base_version.name if base_version else os.path.basename(
             base_path.rstrip("/"))
         self.versions = {self.base_name: base_version.version if base_version else None}
         self.loras: dict[str, Any] = {}
-        for i, (name, ref) in enumerate(sorted(cfg.adapters.items()), 1):
-            path, mv = resolve(ref, storage)
-            self.loras[name] = LoRARequest(name, i, path)
-            self.versions[name] = mv.version if mv else None
+        self._lora_ids = itertools.count(1)
+        self._make_lora = LoRARequest
+        self._refresh_adapters()
         kwargs = dict(cfg.engine_kwargs)
         if self.loras:
             kwargs.setdefault("enable_lora", True)
@@ -55,6 +61,20 @@ class Generator:
             AsyncEngineArgs(model=base_path, tokenizer=base_path, **kwargs))
         self.max_model_len = self.engine.model_config.max_model_len
         self.tokenizer = load_tokenizer(base_path)
+        follow(self._refresh_adapters, follow_interval_s, "generator adapters")
+
+    def _refresh_adapters(self) -> None:
+        """(Re)resolve each adapter; one whose version moved gets a new LoRA id and path."""
+        loras, versions = dict(self.loras), dict(self.versions)
+        for name, ref in sorted(self.adapter_refs.items()):
+            if name in loras and not ref.startswith(REGISTRY_PREFIX):
+                continue  # a path or hub id does not move
+            path, mv = resolve(ref, self.storage)
+            version = mv.version if mv else None
+            if name not in loras or version != versions[name]:
+                loras[name] = self._make_lora(name, next(self._lora_ids), path)
+                versions[name] = version
+        self.loras, self.versions = loras, versions
 
     def models(self) -> list[dict]:
         """Served models: the base and each adapter, with registry versions."""
@@ -83,7 +103,7 @@ class Generator:
         return "\n\n".join(p for p in parts if p.strip() != "### Instruction:") + \
             "\n\n### Response:"
 
-    async def _generate(self, model: str, prompt: str, request: Any
+    async def _generate(self, model: str, lora: Any, prompt: str, request: Any
                         ) -> AsyncIterator[tuple[str, str | None, int, int]]:
         """(text, finish reason, prompt tokens, output tokens so far): new text as it arrives
         when streaming, else the whole completion once."""
@@ -105,7 +125,7 @@ class Generator:
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY)
         produced = 0
         async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
-                                              uuid.uuid4().hex, lora_request=self.loras.get(model)):
+                                              uuid.uuid4().hex, lora_request=lora):
             choice = out.outputs[0]
             produced += len(choice.token_ids)
             yield choice.text, choice.finish_reason, len(ids), produced
@@ -114,7 +134,9 @@ class Generator:
                        ) -> AsyncIterator[dict]:
         rid, created = f"{kind[:4]}-{uuid.uuid4().hex[:16]}", int(time.time())
         chat = kind == "chat"
-        async for text, finish, n_prompt, n_out in self._generate(model, prompt, request):
+        # The adapter and version a request starts with are the ones it finishes with.
+        lora, version = self.loras.get(model), self.versions.get(model)
+        async for text, finish, n_prompt, n_out in self._generate(model, lora, prompt, request):
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
             if request.stream:
                 choice.update({"delta": {"content": text}} if chat else {"text": text})
@@ -125,7 +147,7 @@ class Generator:
             choice.update({"message": {"role": "assistant", "content": text}} if chat
                           else {"text": text})
             yield {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                   "created": created, "model": model, "version": self.versions[model],
+                   "created": created, "model": model, "version": version,
                    "choices": [choice], "usage": {"prompt_tokens": n_prompt,
                                                   "completion_tokens": n_out,
                                                   "total_tokens": n_prompt + n_out}}

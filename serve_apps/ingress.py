@@ -14,18 +14,20 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
-from ray.exceptions import RayError, RayTaskError
-from ray.serve.exceptions import RayServeException
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
+from ray.serve.exceptions import RayServeException, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm.evaluate import faithfulness
 from llm.instructions import rag_prompt
 from serve_apps.auth import Gate
-from serve_apps.errors import RequestError
+from serve_apps.body_limit import BodyLimit
+from serve_apps.errors import RequestError, error_response
 from serve_apps.metrics import RouteMetrics
 from serve_apps.prediction_log import PredictionLog
 from serve_apps.schemas import (
@@ -52,11 +54,8 @@ ROUTES = ("/v1/classify", "/v1/rank", "/v1/retrieve", "/v1/rag", "/v1/completion
           "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz")
 
 
-def _error(status: int, message: str, kind: str, headers: dict | None = None,
-           **extra: Any) -> JSONResponse:
-    """The one error body every route answers with (OpenAI's shape)."""
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status, **extra}},
-                        status_code=status, headers=headers)
+app.add_middleware(BodyLimit)
+PARSE_FAILED = "There was an error parsing the body"  # FastAPI's words for an unreadable body
 
 
 @app.exception_handler(RequestValidationError)
@@ -64,17 +63,21 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     fields = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
                "problem": e["msg"]} for e in exc.errors()]
     message = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
-    return _error(422, f"invalid request: {message}", "invalid_request_error", fields=fields)
+    return error_response(422, f"invalid request: {message}", fields=fields)
 
 
-@app.exception_handler(HTTPException)
-async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail), "invalid_request_error", exc.headers)
+@app.exception_handler(StarletteHTTPException)  # FastAPI's and Starlette's own (404, 405)
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    if message == PARSE_FAILED:
+        message = ("the body could not be parsed (malformed, or JSON nested too deeply); "
+                   "send one JSON object as /docs shows")
+    return error_response(exc.status_code, message, headers=exc.headers)
 
 
 @app.exception_handler(RequestError)
 async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
-    return _error(exc.status, exc.message, "invalid_request_error")
+    return error_response(exc.status, exc.message)
 
 
 @app.exception_handler(RayError)
@@ -82,9 +85,9 @@ async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
 async def _ray_error(request: Request, exc: Exception) -> JSONResponse:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, RequestError):  # a bad request, found by a model deployment
-        return _error(cause.status, cause.message, "invalid_request_error")
+        return error_response(cause.status, cause.message)
     # A replica that died, is restarting or is overloaded: the client may retry.
-    return _error(503, f"service unavailable ({type(exc).__name__}); retry shortly",
+    return error_response(503, f"service unavailable ({type(exc).__name__}); retry shortly",
                   "server_error", {"Retry-After": "1"})
 
 
@@ -94,18 +97,29 @@ async def _observe(request: Request, call_next):
     # request headers and echoes it in the response; the prediction log uses the same id.
     request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     start = time.perf_counter()
-    size = request.headers.get("content-length", "0")
-    limit = request.app.state.max_body_bytes
-    if not size.isdigit() or int(size) > limit:
-        response = _error(413, f"body over {limit} bytes; send smaller batches",
-                          "invalid_request_error")
-    else:
-        response = await call_next(request)
+    response = await call_next(request)
     route = request.url.path if request.url.path in ROUTES else "other"
     request.app.state.metrics.observe(route, getattr(request.state, "model", ""),
                                       response.status_code,
                                       (time.perf_counter() - start) * 1000)
     return response
+
+
+# A replica that died, is stopping or cannot be reached: the same call on another replica can
+# succeed. Only the idempotent model calls (classify, rank, retrieve, embed) are retried.
+REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError)
+RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+
+
+async def call_with_retry(method: Any, *args: Any) -> Any:
+    """`await method.remote(*args)`, again on a live replica after a replica was lost."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return await method.remote(*args)
+        except REPLICA_GONE:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
 
 
 def authorize(request: Request) -> str:
@@ -150,7 +164,7 @@ class Ingress:
     async def classify(self, body: ClassifyRequest, request: Request) -> dict:
         """Topic labels and probabilities for up to 64 texts."""
         start = time.perf_counter()
-        out = await self.classifier.classify.remote(body.texts)
+        out = await call_with_retry(self.classifier.classify, body.texts)
         self._log(request, "/v1/classify", out["model"], out["version"], body.texts,
                   out["predictions"], start)
         return out
@@ -159,7 +173,7 @@ class Ingress:
     async def rank(self, body: RankRequest, request: Request) -> dict:
         """Candidate articles ordered by the user's predicted click probability."""
         start = time.perf_counter()
-        out = await self.ranker.rank.remote(body.user_id, body.article_ids)
+        out = await call_with_retry(self.ranker.rank, body.user_id, body.article_ids)
         self._log(request, "/v1/rank", out["model"], out["version"], out.pop("features"),
                   out["ranking"], start)
         return out
@@ -168,7 +182,7 @@ class Ingress:
     async def retrieve(self, body: RetrieveRequest, request: Request) -> dict:
         """The k indexed chunks nearest the query."""
         start = time.perf_counter()
-        out = await self.retriever.retrieve.remote(body.query, body.k)
+        out = await call_with_retry(self.retriever.retrieve, body.query, body.k)
         self._log(request, "/v1/retrieve", out["index"], "", body.model_dump(),
                   [c["chunk_id"] for c in out["chunks"]], start)
         return out
@@ -178,7 +192,7 @@ class Ingress:
         """Retrieve chunks, then answer from them with citations (SSE when `stream`). When the
         chunks do not fit the model's context, the lowest-ranked ones are left out."""
         start = time.perf_counter()
-        found = (await self.retriever.retrieve.remote(body.question, body.k))["chunks"]
+        found = (await call_with_retry(self.retriever.retrieve, body.question, body.k))["chunks"]
         model = body.model or self.settings.rag_model
         while True:
             completion = CompletionRequest(
@@ -236,7 +250,7 @@ class Ingress:
         """OpenAI-compatible sentence embeddings from the retriever's encoder."""
         start = time.perf_counter()
         texts = [body.input] if isinstance(body.input, str) else body.input
-        out = await self.retriever.embed.remote(texts)
+        out = await call_with_retry(self.retriever.embed, texts)
         if body.model not in (None, out["model"]):
             raise RequestError(404, f"embedding model {body.model!r} is not served; "
                                     f"use {out['model']!r} or leave `model` out")

@@ -2,6 +2,10 @@
 of `slipway.predictions`. Rows are buffered in memory and written by a background task when
 `flush_rows` have gathered or `flush_interval_s` has passed, off the request path; what is buffered
 is written on shutdown. Drift monitoring and A/B analysis read these files.
+
+While storage is unreachable the rows wait for the next flush, up to `max_buffered_rows`; past
+that the oldest are dropped and counted in `slipway_prediction_log_dropped_rows_total`, so an
+outage costs log rows, never memory or requests.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import logging
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+
+from ray.util.metrics import Counter
 
 from serve_apps.settings import LoggingSettings
 from slipway.predictions import log_row, write_rows
@@ -28,6 +34,9 @@ class PredictionLog:
         self.writer = uuid.uuid4().hex[:12]
         self.rows: list[dict[str, Any]] = []
         self.written = 0
+        self.dropped = 0
+        self._dropped_metric = Counter("slipway_prediction_log_dropped_rows_total",
+                                       "Prediction-log rows dropped while storage was unreachable")
         self._task: asyncio.Task | None = None
         self._flush_queued = False
         self._flushing = asyncio.Lock()
@@ -39,6 +48,7 @@ class PredictionLog:
             return
         self.rows.append(log_row(request_id, datetime.now(timezone.utc), route, api_key, model,
                                  version, inputs, output, latency_ms, status))
+        self._bound()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         if len(self.rows) >= self.settings.flush_rows and not self._flush_queued:
@@ -62,9 +72,18 @@ class PredictionLog:
             except Exception:  # storage down: keep the rows for the next flush, log once per try
                 logger.exception("prediction log: writing %d rows failed; will retry", len(rows))
                 self.rows = rows + self.rows
+                self._bound()
                 return 0
             self.written += len(rows)
             return len(rows)
+
+    def _bound(self) -> None:
+        """Drop the oldest rows past `max_buffered_rows`, counting them."""
+        excess = len(self.rows) - self.settings.max_buffered_rows
+        if excess > 0:
+            del self.rows[:excess]
+            self.dropped += excess
+            self._dropped_metric.inc(excess)
 
     async def close(self) -> None:
         """Stop the timer and write what is left."""

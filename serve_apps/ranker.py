@@ -2,15 +2,18 @@
 
 Features come from the Feast online store (SQLite or Redis, as configured) through the
 `engagement` feature service: the same definitions that built the model's training set, and the
-same preprocessing stored with the model version.
+same preprocessing stored with the model version. The champion alias is followed
+(serve_apps/follow.py): a promotion or rollback is served within the app's `follow_interval_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from ray import serve
 
+from serve_apps.follow import follow
 from slipway.features.store import FeatureStoreSettings, online_features, open_store
 from slipway.models.engagement import features_found
 from slipway.models.scoring import predict_proba
@@ -23,20 +26,31 @@ from slipway.storage import Storage
 class Ranker:
     """Click probabilities of (user, article) pairs, best first."""
 
-    def __init__(self, storage_root: str, model_name: str, feature_store: dict) -> None:
+    def __init__(self, storage_root: str, model_name: str, feature_store: dict,
+                 follow_interval_s: float) -> None:
         storage = Storage(storage_root)
-        self.model, self.version = Registry(storage).load(model_name, "champion")
+        self.registry, self.model_name = Registry(storage), model_name
+        self.loaded = self.registry.load(model_name, "champion")
+        self._loading = threading.Lock()
         self.store = open_store(FeatureStoreSettings(**feature_store), storage)
+        follow(self._refresh, follow_interval_s, f"ranker {model_name}")
+
+    def _refresh(self) -> None:
+        """Load the champion, if it moved."""
+        with self._loading:
+            if self.registry.get(self.model_name, "champion").version != self.loaded[1].version:
+                self.loaded = self.registry.load(self.model_name, "champion")
 
     def _rank(self, user_id: int, article_ids: list[int]) -> dict:
+        model, version = self.loaded  # one version for the whole request
         rows = [{"user_id": user_id, "article_id": a} for a in article_ids]
         features = online_features(self.store, rows)
-        scores = predict_proba(self.model, self.version, features)
+        scores = predict_proba(model, version, features)
         found = features_found(features)
         ranking = sorted(({"article_id": a, "score": float(s), "features_found": bool(f)}
                           for a, s, f in zip(article_ids, scores, found, strict=True)),
                          key=lambda r: -r["score"])
-        return {"model": self.version.name, "version": self.version.version,
+        return {"model": version.name, "version": version.version,
                 "user_id": user_id, "ranking": ranking,
                 "features": json_records(features)}
 
@@ -46,4 +60,5 @@ class Ranker:
 
     def ready(self) -> dict:
         """The loaded model, for /readyz."""
-        return {"model": self.version.name, "version": self.version.version}
+        _, version = self.loaded
+        return {"model": version.name, "version": version.version}

@@ -1,17 +1,20 @@
 """Retriever deployment: query embeddings with the index's encoder, top-k chunks from FAISS.
 
 Concurrent queries are embedded and searched together (`@serve.batch`): one encoder forward
-and one FAISS batch search per batch. The same encoder answers `/v1/embeddings`.
+and one FAISS batch search per batch. The same encoder answers `/v1/embeddings`. A rebuilt
+index is followed (serve_apps/follow.py): served within the app's `follow_interval_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 from ray import serve
 
 from llm.index import VectorIndex
+from serve_apps.follow import follow
 from slipway.models.text import Embedder
 from slipway.storage import Storage
 
@@ -20,22 +23,39 @@ from slipway.storage import Storage
 class Retriever:
     """Holds one index and one encoder for the life of the replica."""
 
-    def __init__(self, storage_root: str, index_name: str) -> None:
-        self.index = VectorIndex.load(Storage(storage_root), index_name)
-        settings = self.index.manifest["settings"]
-        self.encoder = settings["encoder"]
-        self.embedder = Embedder(self.encoder, settings["max_length"])
-        self.name = index_name
+    def __init__(self, storage_root: str, index_name: str, follow_interval_s: float) -> None:
+        self.storage, self.name = Storage(storage_root), index_name
+        self.loaded: tuple[VectorIndex, Embedder, str] = self._load()
+        follow(self._refresh, follow_interval_s, f"index {index_name}")
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        return self.embedder({"text": np.asarray(texts, dtype=object)})["x"]
+    def _load(self) -> tuple[VectorIndex, Embedder, str]:
+        """The index, its encoder (kept when unchanged) and the manifest's version."""
+        stamp = self.storage.version("indexes", self.name, "manifest.json")
+        index = VectorIndex.load(self.storage, self.name)
+        settings = index.manifest["settings"]
+        embedder: Any = getattr(self, "loaded", (None, None, None))[1]
+        if embedder is None or (embedder.name, embedder.model.max_length) != (
+                settings["encoder"], settings["max_length"]):
+            embedder = Embedder(settings["encoder"], settings["max_length"])
+        return index, embedder, stamp
+
+    def _refresh(self) -> None:
+        """Load the index again if a build replaced it."""
+        if self.storage.version("indexes", self.name, "manifest.json") != self.loaded[2]:
+            self.loaded = self._load()
+
+    @staticmethod
+    def _embed(embedder: Embedder, texts: list[str]) -> np.ndarray:
+        return embedder({"text": np.asarray(texts, dtype=object)})["x"]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _search(self, queries: list[tuple[str, int]]) -> list[list[dict]]:
+        index, embedder, _ = self.loaded  # one index for the whole batch
+
         def run() -> list[list[dict]]:
-            vectors = self._embed([q for q, _ in queries])
-            scores, rows = self.index.search(vectors, max(k for _, k in queries))
-            chunks = self.index.chunks
+            vectors = self._embed(embedder, [q for q, _ in queries])
+            scores, rows = index.search(vectors, max(k for _, k in queries))
+            chunks = index.chunks
             return [[{"chunk_id": int(r), "doc_id": str(chunks["doc_id"].iat[r]),
                       "title": str(chunks["title"].iat[r]), "text": str(chunks["text"].iat[r]),
                       "score": float(s)}
@@ -51,12 +71,13 @@ class Retriever:
     async def embed(self, texts: list[str]) -> dict:
         """Sentence embeddings of `texts` (L2-normalised), the encoder's name and the number
         of tokens it read."""
-        vectors = await asyncio.to_thread(self._embed, texts)
-        tokens = self.embedder.tokenizer(texts, truncation=True,
-                                         max_length=self.embedder.model.max_length)["input_ids"]
-        return {"model": self.encoder, "embeddings": vectors.tolist(),
+        _, embedder, _ = self.loaded
+        vectors = await asyncio.to_thread(self._embed, embedder, texts)
+        tokens = embedder.tokenizer(texts, truncation=True,
+                                    max_length=embedder.model.max_length)["input_ids"]
+        return {"model": embedder.name, "embeddings": vectors.tolist(),
                 "tokens": sum(len(t) for t in tokens)}
 
     def ready(self) -> dict:
         """The loaded index, for /readyz."""
-        return {"index": self.name, "chunks": len(self.index.chunks)}
+        return {"index": self.name, "chunks": len(self.loaded[0].chunks)}

@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP API, with the limits a client must respect.
 
-Our own routes forbid unknown fields (a typo is an error, not silently ignored); the
-OpenAI-compatible routes ignore fields they do not use, as OpenAI clients send many.
+Types are strict on every route: `true` is not the id 1 and `"5"` is not the number 5. Our own
+routes forbid unknown fields (a typo is an error, not silently ignored); the OpenAI-compatible
+routes ignore fields they do not use, as OpenAI clients send many.
 The limits (text length, batch size, k, max tokens) are part of the API and show in `/docs`.
 """
 
@@ -33,13 +34,13 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
 class Strict(BaseModel):
     """Our own request bodies: unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class OpenAIBody(BaseModel):
     """OpenAI-style request bodies: unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ClassifyRequest(Strict):

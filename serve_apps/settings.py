@@ -23,8 +23,14 @@ class AuthSettings(StrictModel):
     keys_env: str = Field(default="SLIPWAY_API_KEYS",
                           description="variable holding `name=key` pairs, comma-separated")
     keys_file: str | None = Field(default=None, description="YAML secrets file (see auth.py)")
-    rate_per_minute: float = Field(default=600.0, gt=0, description="per key, per ingress replica")
+    rate_per_minute: float = Field(
+        default=600.0, gt=0, description="per key: for the whole app with `redis_url`, else per "
+        "ingress replica (N replicas let a key send up to N times this)")
     burst: int = Field(default=60, ge=1, description="requests a key may send at once")
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port: token buckets shared by every ingress "
+        "replica, so the limits hold app-wide (if Redis is unreachable, each replica limits "
+        "alone until it is back)")
 
 
 class LoggingSettings(StrictModel):
@@ -33,6 +39,9 @@ class LoggingSettings(StrictModel):
     enabled: bool = True
     flush_rows: int = Field(default=256, ge=1, description="write once this many are buffered")
     flush_interval_s: float = Field(default=2.0, gt=0, description="or after this long")
+    max_buffered_rows: int = Field(
+        default=100_000, ge=1, description="rows held while storage is unreachable; past it the "
+        "oldest are dropped and counted (slipway_prediction_log_dropped_rows_total)")
 
 
 class GeneratorSettings(StrictModel):
@@ -64,6 +73,9 @@ class AppSettings(StrictModel):
     auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger bodies get 413")
+    follow_interval_s: float = Field(
+        default=10.0, ge=0, description="how often each replica checks the registry aliases it "
+        "serves and loads a promoted or rolled-back version (0: load once, at start)")
 
     @field_validator("storage_root")
     @classmethod

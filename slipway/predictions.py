@@ -4,17 +4,20 @@
 
 One row per answer: request id, time, route, API key name, model name and version, inputs (or the
 features the model saw), output and latency. Structured values are JSON strings, so one schema
-serves every route. `flatten` turns a route's rows into one row per scored item with its features
-and prediction, the frame drift and performance monitors work on.
+serves every route. Writers add small files; `compact` merges a finished day's files into one
+(readers drop the duplicates they may see while it swaps them; the monitor compacts before it
+reads). `flatten` turns a route's rows into one row per scored item with its features and
+prediction, the frame drift and performance monitors work on.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -64,6 +67,31 @@ def write_rows(storage: Storage, rows: list[dict[str, Any]], writer: str) -> int
     return len(groups)
 
 
+def compact(storage: Storage, route: str, before: date) -> int:
+    """Merge each day's files of `route` before `before` (finished days) into one file; return
+    the number of files merged away. The merged file is written whole before the parts go."""
+    prefix = storage.uri() + "/"
+    by_day: dict[str, list[list[str]]] = defaultdict(list)
+    for uri in storage.list_files("predictions", route_folder(route)):
+        parts = uri.removeprefix(prefix).split("/")
+        if parts[-1].endswith(".parquet") and parts[-2].startswith("date="):
+            by_day[parts[-2].removeprefix("date=")].append(parts)
+    merged = 0
+    for day, files in sorted(by_day.items()):
+        if date.fromisoformat(day) >= before or len(files) < 2:
+            continue
+        table = pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(*f)), schema=SCHEMA)
+                                 for f in files).sort_by("timestamp")
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        name = f"compacted-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
+        storage.write_whole(buffer.getvalue().to_pybytes(), *files[0][:-1], name)
+        for f in files:
+            storage.remove(*f)
+        merged += len(files)
+    return merged
+
+
 def read_log(storage: Storage, route: str, model: str | None = None) -> pd.DataFrame:
     """A route's successful log rows, oldest first (empty frame when nothing is logged)."""
     if not storage.list_files("predictions", route_folder(route)):
@@ -71,7 +99,7 @@ def read_log(storage: Storage, route: str, model: str | None = None) -> pd.DataF
     dataset = pads.dataset(storage.uri("predictions", route_folder(route)), format="parquet",
                            schema=SCHEMA, partitioning="hive")
     table = dataset.to_table(columns=SCHEMA.names)
-    frame = table.to_pandas()
+    frame = table.to_pandas().drop_duplicates(["request_id", "timestamp", "model", "output"])
     frame = frame[frame["status"] == 200]
     if model is not None:
         frame = frame[frame["model"] == model]

@@ -7,6 +7,10 @@
 
 Aliases (`champion`, `challenger`) point at versions; every move is kept in the history, so a
 rollback moves an alias back to the version it pointed at before.
+
+Concurrent writers (a retraining the monitor triggered and a scheduled pipeline) are safe on a
+local or shared disk: a version number is claimed by creating its `.claim` file exclusively, and
+alias moves are read-modify-writes under a lock, written whole.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from safetensors.torch import save as save_safetensors
 
 from slipway.storage import Storage, local_cache
 
+CLAIM = ".claim"  # created exclusively: the version number is taken
 # Architectures the registry can rebuild, by name; loading never runs code named by the data.
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
 
@@ -71,18 +76,27 @@ class Registry:
             out.write(data)
         return self.storage.uri(*self._dir(name, version), *parts)
 
-    def versions(self, name: str) -> list[int]:
-        """Registered version numbers of `name`, ascending."""
+    def versions(self, name: str, claimed: bool = False) -> list[int]:
+        """Registered version numbers of `name`, ascending (with `claimed`, also those being
+        registered now)."""
         files = self.storage.list_files("models", name, "versions")
+        ends = ("metadata.json", CLAIM) if claimed else ("metadata.json",)
         return sorted({int(f.rsplit("/versions/", 1)[1].split("/")[0]) for f in files
-                       if f.endswith("metadata.json")})
+                       if f.endswith(ends)})
+
+    def _claim(self, name: str) -> int:
+        """The next version number of `name`, taken for this caller alone."""
+        while True:
+            version = (self.versions(name, claimed=True) or [0])[-1] + 1
+            if self.storage.create_exclusive(b"", *self._dir(name, version), CLAIM):
+                return version
 
     def register(self, name: str, state_dict: dict[str, torch.Tensor], arch: str,
                  arch_params: dict[str, Any], **metadata: Any) -> ModelVersion:
         """Save weights and metadata as the next version of `name`."""
         if arch not in ARCHITECTURES:
             raise RegistryError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-        version = (self.versions(name) or [0])[-1] + 1
+        version = self._claim(name)
         parts = self._dir(name, version)
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         with self.storage.open_output(*parts, "model.safetensors") as out:
@@ -97,7 +111,7 @@ class Registry:
                         ) -> ModelVersion:
         """Save a local folder (a Hugging Face model or adapter directory) as the next version of
         `name`; `kind` says what it is (`base_lm`, `lora_adapter`, `merged_lm`)."""
-        version = (self.versions(name) or [0])[-1] + 1
+        version = self._claim(name)
         parts = self._dir(name, version)
         self.storage.upload(folder, *parts, "files")
         meta = {"name": name, "version": version, "created_at": time.time(), "format": "folder",
@@ -147,6 +161,11 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: int, reason: str = "") -> None:
         """Point `alias` at `version`, recording the move."""
         self.get(name, version)
+        with self.storage.locked("models", name, ".aliases.lock"):
+            self._move(name, alias, version, reason)
+
+    def _move(self, name: str, alias: str, version: int, reason: str) -> None:
+        """The alias move itself; the caller holds the aliases lock."""
         doc = self._aliases(name)
         doc["history"].append({"alias": alias, "version": version,
                                "previous": doc["aliases"].get(alias), "at": time.time(),
@@ -156,12 +175,13 @@ class Registry:
 
     def rollback(self, name: str, alias: str = "champion") -> int:
         """Move `alias` back to the version it pointed at before its current one."""
-        current = self.aliases(name).get(alias)
-        previous = [h["version"] for h in self._aliases(name)["history"]
-                    if h["alias"] == alias and h["version"] != current]
-        if current is None or not previous:
-            raise RegistryError(f"{name}:{alias} has no earlier version to roll back to")
-        self.set_alias(name, alias, previous[-1], reason="rollback")
+        with self.storage.locked("models", name, ".aliases.lock"):
+            current = self.aliases(name).get(alias)
+            previous = [h["version"] for h in self._aliases(name)["history"]
+                        if h["alias"] == alias and h["version"] != current]
+            if current is None or not previous:
+                raise RegistryError(f"{name}:{alias} has no earlier version to roll back to")
+            self._move(name, alias, previous[-1], reason="rollback")
         return previous[-1]
 
     def load(self, name: str, ref: str | int = "champion") -> tuple[torch.nn.Module, ModelVersion]:

@@ -15,10 +15,13 @@ Layout under the root:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -88,11 +91,47 @@ class Storage:
         self.fs.move(self._path(*temp), self._path(*parts))
         return self.uri(*parts)
 
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Create the file `parts` holding `data` unless it exists: True if this call created
+        it. On a local disk the complete file is hard-linked into place, which fails when the
+        name is taken, so of many processes racing for one name exactly one wins. Object stores
+        get a check then a write (not atomic: one writer at a time per registry there)."""
+        if not self.is_local:
+            if self.exists(*parts):
+                return False
+            self.write_whole(data, *parts)
+            return True
+        temp = (*parts[:-1], f".{parts[-1]}.{uuid.uuid4().hex[:8]}.tmp")
+        with self.open_output(*temp) as out:
+            out.write(data)
+        try:
+            os.link(self._path(*temp), self._path(*parts))
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(self._path(*temp))
+
+    @contextmanager
+    def locked(self, *parts: str) -> Iterator[None]:
+        """Hold an exclusive lock named `parts` (a lock file) while the block runs, so that
+        read-modify-write updates from several processes do not lose each other's changes.
+        Local disks only; on object stores the block runs unlocked."""
+        if not self.is_local:
+            yield
+            return
+        self.makedirs(*parts[:-1])
+        with open(self._path(*parts), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_json(self, obj: Any, *parts: str) -> str:
-        """Write `obj` as indented JSON to `parts` and return its URI."""
-        with self.open_output(*parts) as out:
-            out.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
-        return self.uri(*parts)
+        """Write `obj` as indented JSON to `parts`, whole (see `write_whole`); return its URI."""
+        return self.write_whole(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(),
+                                *parts)
 
     def read_bytes(self, *parts: str) -> bytes:
         """The whole content of the file `parts`."""

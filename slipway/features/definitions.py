@@ -13,7 +13,7 @@ import pyarrow as pa
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
 
-from slipway.features.compute import KINDS, window_schema
+from slipway.features.columns import VIEW_COLUMNS
 from slipway.storage import Storage
 
 USER = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
@@ -26,23 +26,14 @@ PROFILE_TTL = timedelta(days=3650)
 SNAPSHOT_TTL = timedelta(days=2)
 
 
-def _window_fields(kind: str) -> list[Field]:
-    """Feast fields of the window features that `compute.windowed_features` writes."""
-    types = {pa.int64(): Int64, pa.float64(): Float64}
-    return [Field(name=f.name, dtype=types[f.type]) for f in window_schema(kind)
-            if f.name not in (KINDS[kind], "event_timestamp")]
-
-
+FEAST_TYPES = {pa.int64(): Int64, pa.float64(): Float64, pa.string(): String}
+ENTITIES: dict[str, tuple[Entity, timedelta]] = {
+    "user_engagement": (USER, SNAPSHOT_TTL), "article_engagement": (ARTICLE, SNAPSHOT_TTL),
+    "user_profile": (USER, PROFILE_TTL), "article_text": (ARTICLE, PROFILE_TTL)}
 VIEW_FIELDS: dict[str, tuple[Entity, timedelta, list[Field]]] = {
-    "user_engagement": (USER, SNAPSHOT_TTL, _window_fields("user")),
-    "article_engagement": (ARTICLE, SNAPSHOT_TTL, _window_fields("article")),
-    "user_profile": (USER, PROFILE_TTL, [Field(name="user_country", dtype=String),
-                                         Field(name="user_device", dtype=String)]),
-    "article_text": (ARTICLE, PROFILE_TTL, [Field(name="article_topic", dtype=String),
-                                            Field(name="article_title_words", dtype=Int64),
-                                            Field(name="article_body_words", dtype=Int64),
-                                            Field(name="article_body_chars", dtype=Int64)]),
-}
+    name: (entity, ttl, [Field(name=f.name, dtype=FEAST_TYPES[f.type])
+                         for f in VIEW_COLUMNS[name]])
+    for name, (entity, ttl) in ENTITIES.items()}
 
 
 def feature_views(storage: Storage) -> list[FeatureView]:

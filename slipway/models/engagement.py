@@ -14,12 +14,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from slipway.features.definitions import VIEW_FIELDS
+from slipway.features.columns import VIEW_COLUMNS
 from slipway.models.layers import mlp
 from slipway.registry import architecture
 
 CATEGORICAL = ("user_country", "user_device", "article_topic")
-NUMERIC = tuple(f.name for _, _, fields in VIEW_FIELDS.values() for f in fields
+NUMERIC = tuple(f.name for fields in VIEW_COLUMNS.values() for f in fields
                 if f.name not in CATEGORICAL)
 
 

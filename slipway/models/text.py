@@ -102,6 +102,7 @@ class Embedder:
     """Ray Data callable (one per actor): adds an `x` column of sentence embeddings for `text`."""
 
     def __init__(self, encoder: str, max_length: int) -> None:
+        self.name = encoder
         self.model = TextClassifier(encoder, num_classes=1, hidden=[], max_length=max_length)
         self.tokenizer = load_tokenizer(encoder_path(encoder))
 

@@ -103,6 +103,8 @@ def train_loop(config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
     for epoch in range(start_epoch, config["epochs"]):
         maybe_fail(config, epoch)
+        # Dropout draws depend on the epoch only, so a resumed run repeats the uninterrupted one.
+        torch.manual_seed(config["seed"] + epoch)
         model.train()
         total, count, started = 0.0, 0, time.perf_counter()
         for batch in train_shard.iter_torch_batches(batch_size=config["batch_size"],

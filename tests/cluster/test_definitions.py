@@ -37,7 +37,7 @@ def test_launcher_configs_pass_rays_schema(path):
         assert types[name]["max_workers"] > types[name]["min_workers"]
     gpu = types["gpu_worker"]["node_config"]
     assert gpu.get("guestAccelerators") or gpu.get("InstanceType", "").startswith(("g", "p"))
-    assert config["file_mounts"] == {"/home/ray/slipway": "."}
+    assert config["file_mounts"]["/home/ray/slipway"] == "."
     typo = {**config, "available_node_types": {**types, "gpu_worker": {
         **types["gpu_worker"], "min_worker": 1}}}
     with pytest.raises(jsonschema.ValidationError, match="min_worker"):
@@ -53,6 +53,9 @@ def check_cluster_spec(spec: dict) -> None:
     for template in groups:
         containers = template["spec"]["containers"]
         assert containers and all(c["name"] and c["image"] for c in containers)
+        for container in containers:  # token auth on; the token from the Secret, not the file
+            assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"], container
+            assert container["envFrom"] == [{"secretRef": {"name": "slipway-secrets"}}]
     for group in spec["workerGroupSpecs"]:
         assert group["groupName"] and isinstance(group["rayStartParams"], dict)
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
@@ -96,12 +99,25 @@ def test_rayservice_embeds_the_production_serve_config():
         settings = AppSettings.model_validate(app.args)
         assert settings.storage_root.startswith("s3://")
         assert settings.feature_store.online_store.type == "redis"
+        assert settings.auth.redis_url  # rate limits shared by every ingress replica
     generator = next(d for d in embedded["applications"][0]["deployments"]
                      if d["name"] == "Generator")
     assert generator["ray_actor_options"]["num_gpus"] == 1
     check_cluster_spec(spec["rayClusterConfig"])
     cluster = next(m for m in MANIFESTS.values() if m["kind"] == "RayCluster")["spec"]
     assert spec["rayClusterConfig"] == cluster  # one cluster shape, written in two manifests
+
+
+@pytest.mark.parametrize("path", ["cluster/aws.yaml", "cluster/gcp.yaml"])
+def test_launched_nodes_start_with_token_auth_and_no_secret_is_in_the_repository(path):
+    config = yaml.safe_load(Path(path).read_text())
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    # The token is mounted from the user's machine (outside the repository).
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    settings = [line for folder in ("cluster", "configs") for p in Path(folder).rglob("*.yaml")
+                for line in p.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in settings if "RAY_AUTH_TOKEN" in line]
 
 
 PRODUCTION = ["configs/pipeline.yaml", "configs/production/pipeline.yaml"]

@@ -50,6 +50,29 @@ def test_false_alarm_rate_stays_near_alpha_and_injected_drift_is_found():
     assert found["dwell_seconds"].drifted and found["device"].drifted
 
 
+@pytest.mark.parametrize("method,column", [("chi2", "device"), ("ks", "dwell_seconds")])
+def test_each_significance_test_holds_alpha_at_every_sample_size(method, column):
+    """Reference and current drawn from one pool (exchangeable): each test alarms in about 5%
+    of 400 trials at 100, 1,000 and 10,000 rows; alpha must lie in the rate's exact 99%
+    interval. (KS on dwell seconds, which have ties, may be conservative: below is fine.)"""
+    from scipy import stats
+
+    world = generate(GeneratorConfig(seed=5, num_users=2000, num_articles=200,
+                                     num_events=60_000))
+    events = world.events.merge(world.users[["user_id", "device"]], on="user_id")
+    pool = events.loc[events["clicked"] | (column == "device"), column].to_numpy()
+    rng = np.random.default_rng(1)
+    for n in (100, 1000, 10_000):
+        trials, alarms = 400, 0
+        for _ in range(trials):
+            ref, cur = (pd.Series(pool[rng.integers(len(pool), size=n)], name=column)
+                        for _ in range(2))
+            alarms += correct({column: compare(ref, cur, method)}, 0.05, "none")[column].drifted
+        ci = stats.binomtest(alarms, trials).proportion_ci(0.99, method="exact")
+        assert ci.low <= 0.05, (n, alarms / trials)
+        assert method == "ks" or 0.05 <= ci.high, (n, alarms / trials)
+
+
 def test_detectors_pick_by_type_and_reject_a_wrong_method():
     frame = pd.DataFrame({"x": np.arange(50.0), "c": ["a", "b"] * 25})
     assert compare(frame["x"], frame["x"], "ks").p_value == 1.0

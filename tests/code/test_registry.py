@@ -59,3 +59,41 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
     with pytest.raises(RegistryError, match=r"do not fit TinyNet: missing \[\], "
                                             r"unexpected \['extra.weight'\]"):
         reg.load("m", 1)
+
+
+def _register_and_promote(root: str, writer: int, barrier, count: int) -> None:
+    reg = Registry(Storage(root))
+    barrier.wait()  # every process starts at once
+    for n in range(count):
+        mv = reg.register("race", TinyNet(2).state_dict(), "TinyNet", {"width": 2},
+                          writer=writer, n=n)
+        reg.set_alias("race", "champion", mv.version, f"{writer}-{n}")
+
+
+def test_concurrent_registrations_and_alias_moves_from_processes_lose_nothing(tmp_path):
+    """Processes registering and promoting at once (a monitor-triggered retraining and a
+    scheduled pipeline): every registration gets its own version with its own metadata, and
+    every alias move is in the history."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    writers, count = 6, 8
+    barrier = context.Barrier(writers)
+    procs = [context.Process(target=_register_and_promote,
+                             args=(str(tmp_path), w, barrier, count)) for w in range(writers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    reg = Registry(Storage(str(tmp_path)))
+    assert reg.versions("race") == list(range(1, writers * count + 1))
+    made = {(reg.get("race", v).metadata["writer"], reg.get("race", v).metadata["n"])
+            for v in reg.versions("race")}
+    assert made == {(w, n) for w in range(writers) for n in range(count)}
+    history = Storage(str(tmp_path)).read_json("models", "race", "aliases.json")["history"]
+    assert sorted(h["reason"] for h in history) == sorted(
+        f"{w}-{n}" for w in range(writers) for n in range(count))
+    # Each move saw the one before it: the history is one chain.
+    assert all(h["previous"] == before["version"]
+               for before, h in zip(history, history[1:], strict=False))

@@ -117,3 +117,57 @@ def test_prediction_log_batches_rows_into_parquet_per_route_and_day(tmp_path):
     assert json.loads(classify["output"].iloc[0]) == {"label": "a"}
     rank = glob.glob(f"{tmp_path}/root/predictions/v1_rank/date=*/*.parquet")
     assert len(rank) == 1
+
+
+def test_prediction_log_holds_at_most_its_bound_while_storage_is_down_then_catches_up(tmp_path):
+    """Storage unreachable (the root is a file, so every write fails): rows wait up to the bound,
+    the oldest beyond it are dropped and counted; once storage is back the rest are written."""
+    blocked = tmp_path / "root"
+    blocked.write_text("not a folder")
+    storage = Storage(str(blocked))
+
+    async def scenario() -> None:
+        log = PredictionLog(storage, LoggingSettings(flush_rows=1000, flush_interval_s=60,
+                                                     max_buffered_rows=50))
+        for i in range(120):
+            log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["t"], {"label": "a"}, 1.0)
+            if i % 40 == 39:
+                assert await log.flush() == 0  # storage down: nothing written, rows kept
+        assert len(log.rows) == 50 and log.dropped == 70
+        blocked.unlink()  # storage is back
+        assert await log.flush() == 50
+        await log.close()
+
+    asyncio.run(scenario())
+    written = pd.concat(pd.read_parquet(f) for f in
+                        glob.glob(f"{blocked}/predictions/v1_classify/date=*/*.parquet"))
+    # The newest 50 survive, in order; the 70 oldest were the ones dropped.
+    assert list(written.sort_values("timestamp", kind="stable")["request_id"]) == \
+        [f"r{i}" for i in range(70, 120)]
+
+
+def test_compaction_merges_a_finished_days_files_and_readers_see_each_row_once(tmp_path):
+    from datetime import date, datetime, timezone
+
+    from slipway.predictions import compact, log_row, read_log, write_rows
+
+    storage = Storage(str(tmp_path))
+    days = [datetime(2026, 3, d, 12, tzinfo=timezone.utc) for d in (1, 2)]
+    for i in range(6):  # six flushes a day: six small files per day
+        write_rows(storage, [log_row(f"r{d.day}-{i}", d.replace(minute=i), "/v1/rank", "web",
+                                     "engagement", 1, {"f": i}, [i], 2.0) for d in days], "w")
+    before = read_log(storage, "/v1/rank")
+
+    def files(day: str) -> list[str]:
+        return glob.glob(f"{tmp_path}/predictions/v1_rank/date={day}/*.parquet")
+
+    assert len(files("2026-03-01")) == len(files("2026-03-02")) == 6
+    assert compact(storage, "/v1/rank", before=date(2026, 3, 2)) == 6  # day 2 is not finished
+    assert (len(files("2026-03-01")), len(files("2026-03-02"))) == (1, 6)
+    after = read_log(storage, "/v1/rank")
+    pd.testing.assert_frame_equal(before, after)
+    # A reader that sees the merged file and a part not yet removed still counts each row once.
+    write_rows(storage, [log_row("r1-0", days[0], "/v1/rank", "web", "engagement", 1, {"f": 0},
+                                 [0], 2.0)], "w")
+    assert len(read_log(storage, "/v1/rank")) == len(before)
+    assert compact(storage, "/v1/rank", before=date(2026, 3, 2)) == 2

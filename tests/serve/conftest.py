@@ -30,6 +30,7 @@ def serve_config(platform_root, tmp_path_factory) -> dict:
     args.update(storage_root=platform_root, logging={"flush_rows": 1000, "flush_interval_s": 0.5},
                 auth={"keys_file": str(keys_file), "keys_env": "SLIPWAY_TEST_NO_KEYS"})
     args["generator"]["engine_kwargs"]["kv_cache_memory_bytes"] = 256 << 20
+    args["follow_interval_s"] = 1.0  # promotions reach the app within a second or so
     for deployment in config["applications"][0]["deployments"]:  # one replica each: the
         deployment.pop("autoscaling_config", None)  # tests follow a replica by its id
         deployment["num_replicas"] = 1

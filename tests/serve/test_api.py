@@ -195,9 +195,14 @@ def test_missing_wrong_and_throttled_keys(base_url):
     ("/v1/classify", {"texts": ["ok"], "extra": 1}, "extra"),
     ("/v1/rank", {"user_id": -1, "article_ids": [1]}, "user_id"),
     ("/v1/rank", {"user_id": "abc", "article_ids": [1]}, "user_id"),
+    ("/v1/rank", {"user_id": True, "article_ids": [1]}, "user_id"),  # not user 1
+    ("/v1/rank", {"user_id": 1.0, "article_ids": [1]}, "user_id"),
+    ("/v1/rank", {"user_id": 1, "article_ids": ["2"]}, "article_ids.0"),
     ("/v1/rank", {"user_id": 1, "article_ids": [1, 1]}, "article_ids"),
     ("/v1/rank", {"user_id": 1, "article_ids": list(range(201))}, "article_ids"),
     ("/v1/retrieve", {"query": "q", "k": 0}, "k"),
+    ("/v1/retrieve", {"query": "q", "k": "5"}, "k"),
+    ("/v1/completions", {"model": "base_lm", "prompt": "hi", "stream": "yes"}, "stream"),
     ("/v1/retrieve", {"query": "q", "k": 1000}, "k"),
     ("/v1/rag", {"question": "q", "max_tokens": 100000}, "max_tokens"),
     ("/v1/completions", {"prompt": "hi"}, "model"),
@@ -222,6 +227,20 @@ def test_other_bad_requests_get_4xx_with_the_fix(api):
     big = api.post("/v1/classify", content=b"x" * 2_000_000,
                    headers={"content-type": "application/json"})
     assert big.status_code == 413 and "smaller" in big.json()["error"]["message"]
+    # The same body in chunks, without a Content-Length: the limit holds on what arrives.
+    chunked = api.post("/v1/classify", content=iter([b"x" * 100_000] * 20),
+                       headers={"content-type": "application/json"})
+    assert "content-length" not in chunked.request.headers
+    assert chunked.status_code == 413 and "smaller" in chunked.json()["error"]["message"]
+    small = api.post("/v1/classify", content=iter([b'{"texts": ', b'["fine"]}']),
+                     headers={"content-type": "application/json"})
+    assert small.status_code == 200, small.text  # chunked bodies under the limit are served
+    # Every 4xx has the app's error shape: a body nested too deep, an unknown route or method.
+    deep = api.post("/v1/classify", content=b"[" * 100_000 + b"]" * 100_000,
+                    headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+    assert api.get("/v1/nowhere").json()["error"]["code"] == 404
+    assert api.get("/v1/classify").json()["error"]["code"] == 405
     unknown = api.post("/v1/completions", json={"model": "gpt-9", "prompt": "hi"})
     assert unknown.status_code == 404 and "base_lm" in unknown.json()["error"]["message"]
     long = api.post("/v1/completions", json={"model": "base_lm", "prompt": "word " * 1500,

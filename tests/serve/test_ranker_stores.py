@@ -21,14 +21,14 @@ def test_the_ranker_reads_redis_and_ranks_as_on_sqlite(platform_root, redis_url,
              "online_store": {"type": "redis", "connection_string": redis_url}}
     articles = pd.read_parquet(f"{platform_root}/curated/articles")["article_id"].head(12)
     users = pd.read_parquet(f"{platform_root}/curated/users")["user_id"].head(5).tolist()
-    on_redis = Ranker.func_or_class(root, "engagement", redis)
+    on_redis = Ranker.func_or_class(root, "engagement", redis, 0)
     empty = on_redis._rank(users[0], articles.tolist())["ranking"]
     assert not any(r["features_found"] for r in empty)  # nothing in Redis yet
 
     open_store(FeatureStoreSettings(**redis), Storage(root)).materialize(
         start_date=datetime(2000, 1, 1, tzinfo=timezone.utc),
         end_date=datetime.now(timezone.utc))
-    sqlite = Ranker.func_or_class(root, "engagement", {"project": "slipway"})
+    sqlite = Ranker.func_or_class(root, "engagement", {"project": "slipway"}, 0)
     for user in users:
         a = sqlite._rank(user, articles.tolist())
         b = on_redis._rank(user, articles.tolist())
