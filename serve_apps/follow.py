@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 logger = logging.getLogger("ray.serve")
 
 
-def follow(refresh: Callable[[], None], interval_s: float, what: str) -> None:
-    """Call `refresh` every `interval_s` seconds on a daemon thread (0: never), for the life of
-    the replica; a failing call is logged and the loaded version kept."""
+def follow(refresh: Callable[[], None], interval_s: float, what: str) -> threading.Event:
+    """Call `refresh` every `interval_s` seconds on a daemon thread (0: never); a failing call
+    is logged and the loaded version kept. Set the returned event to stop."""
+    stop = threading.Event()
 
     def loop() -> None:
-        while True:
-            time.sleep(interval_s)
+        while not stop.wait(interval_s):
             try:
                 refresh()
             except Exception:  # storage blip, half-registered version: keep serving
@@ -30,3 +29,4 @@ def follow(refresh: Callable[[], None], interval_s: float, what: str) -> None:
 
     if interval_s > 0:
         threading.Thread(target=loop, daemon=True, name=f"follow {what}").start()
+    return stop
