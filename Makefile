@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE ?= 1
 # DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift clean
+.PHONY: setup demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,7 +60,8 @@ demo: setup
 	$(BIN)/python -m jobs.evaluate_llm --set storage.root=$(ROOT) \
 		|| echo "articles_lora: adapter not promoted (reason above)"
 	$(BIN)/python -m jobs.build_index --config configs/build_index.yaml --set storage.root=$(ROOT)
-	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT)
+	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT) \
+		--experiment configs/experiments/ranker_ab.yaml --visits 600
 	@echo "== monitor: the ranker's last week of traffic (replayed into its log) =="
 	$(BIN)/python -m jobs.replay --set storage.root=$(ROOT) --set start=$(REPLAY_START)
 	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(ROOT)
@@ -101,6 +102,9 @@ bench-serve: setup
 
 bench-drift: setup
 	$(BIN)/python -m benchmarks.drift
+
+bench-ab: setup
+	$(BIN)/python -m benchmarks.ab
 
 clean:
 	rm -rf $(ROOT) $(DRIFTED)

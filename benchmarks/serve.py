@@ -20,6 +20,9 @@ Ray Serve 2.60's documented fast path `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` is on (
 turns it off); HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY`) needs a haproxy binary and is left
 off. Writes results/serve.json and prints a table; `--only resilience` runs part 3 alone and
 updates its key in the existing file.
+5. `--only ab`: `/v1/rank` exposures per second at concurrency 16 with no experiment (assignment
+   off) and with a live 50/50 experiment (assignment, variant routing, exposure logging on),
+   alternating three rounds each; updates `exposures_per_s`.
 """
 
 from __future__ import annotations
@@ -188,6 +191,41 @@ def resilience(url: str, base: dict, deploy, texts: list[str]) -> dict:
     return out
 
 
+def exposures(url: str, root: str, requests: int, rounds: int = 3) -> dict:
+    """`/v1/rank` requests/s with assignment off and on (medians of alternating rounds)."""
+    from datetime import datetime, timedelta, timezone
+
+    from slipway.experiments.config import Experiment
+    from slipway.experiments.store import publish
+    from slipway.registry import Registry
+    from slipway.storage import Storage
+
+    storage = Storage(root)
+    champion = Registry(storage).get("engagement", "champion").version
+    now = datetime.now(timezone.utc)
+    experiment = Experiment.model_validate({
+        "name": "bench-exposures", "route": "/v1/rank", "unit": "user_id",
+        "variants": [{"name": "control", "model": "engagement@champion", "weight": 0.5},
+                     {"name": "same", "model": f"engagement@{champion}", "weight": 0.5}],
+        "start": now - timedelta(minutes=1), "end": now + timedelta(hours=1)})
+    users = pd.read_parquet(f"{root}/curated/users")["user_id"].tolist()
+    articles = pd.read_parquet(f"{root}/curated/articles")["article_id"].tolist()
+    bodies = [{"user_id": int(users[i % len(users)]),
+               "article_ids": [int(a) for a in articles[i % 50: i % 50 + 20]]}
+              for i in range(requests)]
+    asyncio.run(load(url, "/v1/rank", bodies[:64], 16))  # warm-up
+    rps: dict[str, list[float]] = {"assignment_off": [], "assignment_on": []}
+    for _ in range(rounds):
+        for name, killed in (("assignment_off", True), ("assignment_on", False)):
+            publish(storage, experiment.model_copy(update={"killed": killed}))
+            time.sleep(12)  # every replica follows within follow_interval_s (10 s)
+            rps[name].append(asyncio.run(load(url, "/v1/rank", bodies, 16))["rps"])
+    publish(storage, experiment.model_copy(update={"killed": True}))
+    out = {name: statistics.median(values) for name, values in rps.items()}
+    return {**out, "on_over_off": out["assignment_on"] / out["assignment_off"],
+            "rounds": rps, "requests_per_round": requests, "concurrency": 16}
+
+
 def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     """Classify batched/unbatched and RAG through the app on a local Ray."""
     import ray
@@ -204,9 +242,11 @@ def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     base = serve_config(root, port)
     out: dict = {}
     try:
-        if requests == 0:  # --only resilience
+        if requests <= 0:  # --only resilience (0) or ab (-N: N requests per round)
             client.deploy_applications(base)
             wait_ready(url, 420)
+            if requests < 0:
+                return {"exposures_per_s": exposures(url, root, -requests)}
             return {"resilience": resilience(url, base, client.deploy_applications, texts)}
         for name, size in (("batched", 32), ("unbatched", 1)):
             client.deploy_applications(set_batching(base, size))
@@ -327,7 +367,7 @@ def main() -> None:
     parser.add_argument("--gen-layers", type=int, default=8)
     parser.add_argument("--no-fast", action="store_true",
                         help="leave RAY_SERVE_THROUGHPUT_OPTIMIZED off")
-    parser.add_argument("--only", choices=["resilience"], default=None,
+    parser.add_argument("--only", choices=["resilience", "ab"], default=None,
                         help="run one part and update its key in results/serve.json")
     opts = parser.parse_args()
     for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
@@ -352,6 +392,13 @@ def main() -> None:
         results = json.loads((RESULTS / "serve.json").read_text())
         results.update(resilience_results(scenarios))
         write_results("serve", results, resilience_table(scenarios))
+        return
+    if opts.only == "ab":
+        measured = serve_side(root, -opts.requests, 0)["exposures_per_s"]
+        results = json.loads((RESULTS / "serve.json").read_text())
+        results["exposures_per_s"] = measured
+        write_results("serve", results, [(f"/v1/rank {k} (c16)", f"{v:.1f}/s") for k, v in
+                                         measured.items() if k.startswith("assignment")])
         return
     served = serve_side(root, opts.requests, opts.rag_requests)
     plain = plain_side(root, opts.requests)

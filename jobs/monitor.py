@@ -169,7 +169,7 @@ def run_once(cfg: MonitorConfig) -> MonitorResult:
     with track_run("monitor", cfg, storage) as run:
         compact(storage, cfg.route, before=datetime.now(timezone.utc).date())  # finished days
         log = read_log(storage, cfg.route, cfg.model)
-        if log.empty:
+        if log.num_rows == 0:
             raise JobFailed(f"no logged {cfg.route} answers of model {cfg.model!r} under "
                             f"{storage.uri('predictions')}; serve traffic first, or check "
                             "`route` and `model`")

@@ -60,11 +60,12 @@ class Classifier:
             if self.loaded is None or mv.version != self.loaded[1].version:
                 self.loaded = self.registry.load(self.model_name, mv.version)
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Load the version `ref` names (if it changed) and apply the batching settings."""
+    async def reconfigure(self, user_config: dict) -> None:
+        """Load the version `ref` names (if it changed, off the event loop) and apply the
+        batching settings."""
         cfg = validate_config(ClassifierConfig, user_config, "Classifier user_config")
         self.ref = cfg.ref
-        self._refresh()
+        await asyncio.to_thread(self._refresh)
         self._batch.set_max_batch_size(cfg.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 

@@ -1,7 +1,13 @@
 """Start the app with `serve run CONFIG` on a local Ray, call each route once, print the
-answers, and stop it: the last step of `make demo`.
+answers, optionally run a short simulated A/B experiment on it, and stop it: a step of
+`make demo`.
 
-    python -m serve_apps.demo --config configs/serve/app.yaml --root data
+    python -m serve_apps.demo --config configs/serve/app.yaml --root data \
+        --experiment configs/experiments/ranker_ab.yaml --visits 600
+
+The experiment runs as a user would run it, one job after another: `jobs.experiment` publishes
+it (starting now, for an hour), `jobs.simulate_traffic` sends simulated users through the app,
+`jobs.analyze_experiment` prints the decision and the report's path; then it is killed.
 
 The app runs exactly as `serve run` runs it; only the storage root (made absolute) and a fresh
 demo API key (in SLIPWAY_API_KEYS) are set for this run.
@@ -17,6 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import yaml
@@ -30,6 +38,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/serve/app.yaml")
     parser.add_argument("--root", default="data", help="storage root the jobs wrote")
     parser.add_argument("--timeout", type=float, default=420, help="seconds to wait for ready")
+    parser.add_argument("--experiment", help="experiment config to run on the app (optional)")
+    parser.add_argument("--visits", type=int, default=600,
+                        help="simulated visits (the demo key allows 600 requests a minute)")
     opts = parser.parse_args()
     with open(opts.config) as f:
         config = yaml.safe_load(f)
@@ -57,6 +68,9 @@ def main() -> None:
             print(f"\n{route}\n{json.dumps(answer, indent=1)[:1500]}")
         print(f"\nall {len(answers)} routes answered. Start the app again with:\n"
               f"  SLIPWAY_API_KEYS=name=yourkey serve run {opts.config}")
+        if opts.experiment:
+            experiment(opts.experiment, root, f"http://127.0.0.1:{port}", key, opts.visits,
+                       config["applications"][0]["args"].get("follow_interval_s", 10.0))
     except Exception as exc:
         print(f"serve demo failed: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -67,6 +81,26 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         os.unlink(tmp.name)
+
+
+def experiment(path: str, root: str, url: str, key: str, visits: int, follow_s: float) -> None:
+    """Publish the experiment from now for an hour, simulate traffic, analyse, kill it."""
+    now = datetime.now(timezone.utc)
+    common = ["--config", path, "--set", f"storage.root={root}"]
+    window = ["--set", f"experiment.start={now.isoformat()}",
+              "--set", f"experiment.end={(now + timedelta(hours=1)).isoformat()}"]
+
+    def job(name: str, *args: str, env: dict | None = None) -> None:
+        print(f"\n== {name} ==", flush=True)
+        subprocess.run([sys.executable, "-m", name, *args], check=True, env=env)
+
+    job("jobs.experiment", *common, *window)
+    time.sleep(follow_s + 2)  # every replica has read it
+    job("jobs.simulate_traffic", "--set", f"storage.root={root}", "--set", f"url={url}",
+        "--set", f"visits={visits}", env={**os.environ, "SLIPWAY_API_KEY": key})
+    time.sleep(10)  # the prediction and event logs flush (every 2 s by default)
+    job("jobs.analyze_experiment", *common, *window)
+    job("jobs.experiment", *common, *window, "--set", "experiment.killed=true")
 
 
 if __name__ == "__main__":

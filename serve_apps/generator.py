@@ -41,7 +41,6 @@ class Generator:
     def __init__(self, storage_root: str, settings: dict, follow_interval_s: float) -> None:
         os.environ.setdefault("VLLM_CACHE_ROOT", local_cache("vllm"))
         from vllm import AsyncEngineArgs, AsyncLLMEngine
-        from vllm.lora.request import LoRARequest
 
         cfg = GeneratorSettings(**settings)
         self.storage, self.adapter_refs = Storage(storage_root), cfg.adapters
@@ -51,7 +50,6 @@ class Generator:
         self.versions = {self.base_name: base_version.version if base_version else None}
         self.loras: dict[str, Any] = {}
         self._lora_ids = itertools.count(1)
-        self._make_lora = LoRARequest
         self._refresh_adapters()
         kwargs = dict(cfg.engine_kwargs)
         if self.loras:
@@ -65,6 +63,8 @@ class Generator:
 
     def _refresh_adapters(self) -> None:
         """(Re)resolve each adapter; one whose version moved gets a new LoRA id and path."""
+        from vllm.lora.request import LoRARequest
+
         loras, versions = dict(self.loras), dict(self.versions)
         for name, ref in sorted(self.adapter_refs.items()):
             if name in loras and not ref.startswith(REGISTRY_PREFIX):
@@ -72,7 +72,7 @@ class Generator:
             path, mv = resolve(ref, self.storage)
             version = mv.version if mv else None
             if name not in loras or version != versions[name]:
-                loras[name] = self._make_lora(name, next(self._lora_ids), path)
+                loras[name] = LoRARequest(name, next(self._lora_ids), path)
                 versions[name] = version
         self.loras, self.versions = loras, versions
 

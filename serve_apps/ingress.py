@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -28,14 +29,17 @@ from llm.instructions import rag_prompt
 from serve_apps.auth import Gate
 from serve_apps.body_limit import BodyLimit
 from serve_apps.errors import RequestError, error_response
+from serve_apps.experiments import Experiments
 from serve_apps.metrics import RouteMetrics
-from serve_apps.prediction_log import PredictionLog
+from serve_apps.prediction_log import PredictionLog, event_log
 from serve_apps.schemas import (
     ChatRequest,
     ClassifyRequest,
     ClassifyResponse,
     CompletionRequest,
     EmbeddingRequest,
+    EventsRequest,
+    EventsResponse,
     RagRequest,
     RagResponse,
     RankRequest,
@@ -50,7 +54,7 @@ app = FastAPI(title="Slipway", version="0.1.0",
               description="Classification, ranking, retrieval, RAG and OpenAI-compatible "
                           "generation. `/v1` routes need `Authorization: Bearer <key>`.")
 READY_TIMEOUT_S = 5.0
-ROUTES = ("/v1/classify", "/v1/rank", "/v1/retrieve", "/v1/rag", "/v1/completions",
+ROUTES = ("/v1/classify", "/v1/rank", "/v1/events", "/v1/retrieve", "/v1/rag", "/v1/completions",
           "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz")
 
 
@@ -152,13 +156,17 @@ class Ingress:
         self.settings = AppSettings(**settings)
         self.classifier, self.ranker, self.retriever = classifier, ranker, retriever
         self.generator = generator
-        self.log = PredictionLog(Storage(self.settings.storage_root), self.settings.logging)
+        storage = Storage(self.settings.storage_root)
+        self.log = PredictionLog(storage, self.settings.logging)
+        self.events = event_log(storage, self.settings.logging)
+        self.experiments = Experiments(storage, self.settings.follow_interval_s)
         app.state.gate = Gate(self.settings.auth)
         app.state.metrics = RouteMetrics()
         app.state.max_body_bytes = self.settings.max_body_bytes
 
     async def __del__(self) -> None:
         await self.log.close()
+        await self.events.close()
 
     @app.post("/v1/classify", response_model=ClassifyResponse, **V1)
     async def classify(self, body: ClassifyRequest, request: Request) -> dict:
@@ -171,12 +179,37 @@ class Ingress:
 
     @app.post("/v1/rank", response_model=RankResponse, **V1)
     async def rank(self, body: RankRequest, request: Request) -> dict:
-        """Candidate articles ordered by the user's predicted click probability."""
+        """Candidate articles ordered by the user's predicted click probability (by the model
+        of the user's variant when an experiment runs on this route)."""
         start = time.perf_counter()
-        out = await call_with_retry(self.ranker.rank, body.user_id, body.article_ids)
+        unit = str(body.user_id) if self.experiments.unit("/v1/rank") == "user_id" \
+            else request.state.api_key
+        exposure = self.experiments.assign("/v1/rank", unit, body.context.model_dump())
+        ref = exposure[1].ref if exposure else "champion"
+        try:
+            out = await call_with_retry(self.ranker.rank, body.user_id, body.article_ids, ref)
+        except Exception:
+            if exposure:  # a failed exposure counts against its variant's error rate
+                self.log.record(request.state.request_id, "/v1/rank", request.state.api_key,
+                                exposure[1].model_name, "", [], [],
+                                (time.perf_counter() - start) * 1000, 503,
+                                (exposure[0].name, exposure[1].name, unit))
+            raise
+        if exposure:
+            out["experiment"], out["variant"] = exposure[0].name, exposure[1].name
         self._log(request, "/v1/rank", out["model"], out["version"], out.pop("features"),
-                  out["ranking"], start)
+                  out["ranking"], start,
+                  (exposure[0].name, exposure[1].name, unit) if exposure else None)
         return out
+
+    @app.post("/v1/events", response_model=EventsResponse, **V1)
+    async def events(self, body: EventsRequest, request: Request) -> dict:
+        """Outcome events (impressions, clicks, dwell seconds, conversions) for A/B analysis."""
+        now = datetime.now(timezone.utc)
+        self.events.append([{**event.model_dump(), "timestamp": now,
+                             "api_key": request.state.api_key} for event in body.events])
+        request.state.model = "events"
+        return {"accepted": len(body.events)}
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, **V1)
     async def retrieve(self, body: RetrieveRequest, request: Request) -> dict:
@@ -288,7 +321,7 @@ class Ingress:
         return JSONResponse({"ready": code == 200, **status}, status_code=code)
 
     def _log(self, request: Request, route: str, model: str, version: Any, inputs: Any,
-             output: Any, start: float) -> None:
+             output: Any, start: float, exposure: tuple[str, str, str] | None = None) -> None:
         request.state.model = model
         self.log.record(request.state.request_id, route, request.state.api_key, model, version,
-                        inputs, output, (time.perf_counter() - start) * 1000)
+                        inputs, output, (time.perf_counter() - start) * 1000, 200, exposure)

@@ -30,19 +30,32 @@ class Ranker:
                  follow_interval_s: float) -> None:
         storage = Storage(storage_root)
         self.registry, self.model_name = Registry(storage), model_name
-        self.loaded = self.registry.load(model_name, "champion")
+        # Loaded versions by the reference requests use: the champion, and the versions
+        # experiment variants name (`engagement@7`), side by side in this replica.
+        self.loaded = {"champion": self.registry.load(model_name, "champion")}
         self._loading = threading.Lock()
         self.store = open_store(FeatureStoreSettings(**feature_store), storage)
         follow(self._refresh, follow_interval_s, f"ranker {model_name}")
 
     def _refresh(self) -> None:
-        """Load the champion, if it moved."""
+        """Load again each reference whose version moved (a promoted champion)."""
         with self._loading:
-            if self.registry.get(self.model_name, "champion").version != self.loaded[1].version:
-                self.loaded = self.registry.load(self.model_name, "champion")
+            loaded = dict(self.loaded)
+            for ref, (_, mv) in self.loaded.items():
+                if self.registry.get(self.model_name, ref).version != mv.version:
+                    loaded[ref] = self.registry.load(self.model_name, ref)
+            self.loaded = loaded
 
-    def _rank(self, user_id: int, article_ids: list[int]) -> dict:
-        model, version = self.loaded  # one version for the whole request
+    def _model(self, ref: str | int) -> tuple:
+        """The (model, version) `ref` names, loaded on its first request."""
+        if ref not in self.loaded:
+            with self._loading:
+                if ref not in self.loaded:
+                    self.loaded = {**self.loaded, ref: self.registry.load(self.model_name, ref)}
+        return self.loaded[ref]
+
+    def _rank(self, user_id: int, article_ids: list[int], ref: str | int) -> dict:
+        model, version = self._model(ref)  # one version for the whole request
         rows = [{"user_id": user_id, "article_id": a} for a in article_ids]
         features = online_features(self.store, rows)
         scores = predict_proba(model, version, features)
@@ -54,11 +67,13 @@ class Ranker:
                 "user_id": user_id, "ranking": ranking,
                 "features": json_records(features)}
 
-    async def rank(self, user_id: int, article_ids: list[int]) -> dict:
-        """The candidates ordered by click probability, with the features the model saw."""
-        return await asyncio.to_thread(self._rank, user_id, article_ids)
+    async def rank(self, user_id: int, article_ids: list[int],
+                   ref: str | int = "champion") -> dict:
+        """The candidates ordered by the click probability of the version `ref` names (an
+        alias or a number), with the features the model saw."""
+        return await asyncio.to_thread(self._rank, user_id, article_ids, ref)
 
     def ready(self) -> dict:
-        """The loaded model, for /readyz."""
-        _, version = self.loaded
+        """The loaded champion, for /readyz."""
+        _, version = self.loaded["champion"]
         return {"model": version.name, "version": version.version}

@@ -8,7 +8,6 @@ index is followed (serve_apps/follow.py): served within the app's `follow_interv
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import numpy as np
 from ray import serve
@@ -25,15 +24,15 @@ class Retriever:
 
     def __init__(self, storage_root: str, index_name: str, follow_interval_s: float) -> None:
         self.storage, self.name = Storage(storage_root), index_name
-        self.loaded: tuple[VectorIndex, Embedder, str] = self._load()
+        self.loaded: tuple[VectorIndex, Embedder, str] = self._load(None)
         follow(self._refresh, follow_interval_s, f"index {index_name}")
 
-    def _load(self) -> tuple[VectorIndex, Embedder, str]:
-        """The index, its encoder (kept when unchanged) and the manifest's version."""
+    def _load(self, embedder: Embedder | None) -> tuple[VectorIndex, Embedder, str]:
+        """The index, its encoder (`embedder` when the index still uses it) and the manifest's
+        version."""
         stamp = self.storage.version("indexes", self.name, "manifest.json")
         index = VectorIndex.load(self.storage, self.name)
         settings = index.manifest["settings"]
-        embedder: Any = getattr(self, "loaded", (None, None, None))[1]
         if embedder is None or (embedder.name, embedder.model.max_length) != (
                 settings["encoder"], settings["max_length"]):
             embedder = Embedder(settings["encoder"], settings["max_length"])
@@ -42,7 +41,7 @@ class Retriever:
     def _refresh(self) -> None:
         """Load the index again if a build replaced it."""
         if self.storage.version("indexes", self.name, "manifest.json") != self.loaded[2]:
-            self.loaded = self._load()
+            self.loaded = self._load(self.loaded[1])
 
     @staticmethod
     def _embed(embedder: Embedder, texts: list[str]) -> np.ndarray:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 EntityId = Annotated[int, Field(ge=0, le=2**63 - 1, description="an int64 id")]
@@ -63,9 +70,17 @@ class ClassifyResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class Context(Strict):
+    """Who is asking, for experiment targeting."""
+
+    country: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    device: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+
+
 class RankRequest(Strict):
     user_id: EntityId
     article_ids: list[EntityId] = Field(min_length=1, max_length=200)
+    context: Context = Context()
 
     @field_validator("article_ids")
     @classmethod
@@ -86,6 +101,34 @@ class RankResponse(BaseModel):
     version: int
     user_id: int
     ranking: list[RankedArticle]
+    experiment: str | None = Field(default=None, description="the experiment this answer is in")
+    variant: str | None = Field(default=None, description="its variant (None: not in one)")
+
+
+class Event(Strict):
+    """An outcome: what a user did after an answer (`request_id`: its X-Request-ID)."""
+
+    type: Literal["impression", "click", "dwell", "conversion"]
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    user_id: EntityId | None = None
+    article_id: EntityId | None = None
+    value: float = Field(default=1.0, ge=0, le=1e7, allow_inf_nan=False,
+                         description="1 per impression, click or conversion; seconds for dwell")
+
+    @model_validator(mode="after")
+    def _keyed(self) -> Event:
+        if self.request_id is None and self.user_id is None:
+            raise ValueError("give request_id (the answer's X-Request-ID) and/or user_id, so the "
+                             "event joins an exposure")
+        return self
+
+
+class EventsRequest(Strict):
+    events: list[Event] = Field(min_length=1, max_length=1000)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
 
 
 class RetrieveRequest(Strict):

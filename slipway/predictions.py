@@ -3,11 +3,13 @@
     <root>/predictions/<route>/date=YYYY-MM-DD/<writer>-<millis>-<random>.parquet
 
 One row per answer: request id, time, route, API key name, model name and version, inputs (or the
-features the model saw), output and latency. Structured values are JSON strings, so one schema
-serves every route. Writers add small files; `compact` merges a finished day's files into one
-(readers drop the duplicates they may see while it swaps them; the monitor compacts before it
-reads). `flatten` turns a route's rows into one row per scored item with its features and
-prediction, the frame drift and performance monitors work on.
+features the model saw), output and latency. The monitored routes store their inputs and outputs
+as typed Arrow columns (`/v1/rank`: a list of feature structs and of scores; `/v1/classify`: a
+list of texts and of labels with probabilities), so the monitor reads them column-wise with no
+JSON decoding; the other routes store JSON text. Writers add small files; `compact` merges a
+finished day's files into one (readers drop the duplicates they may see while it swaps them; the
+monitor compacts before it reads). `flatten` turns a route's rows into one row per scored item
+with its features and prediction, the frame drift and performance monitors work on.
 """
 
 from __future__ import annotations
@@ -23,17 +25,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from slipway.features.columns import VIEW_COLUMNS
 from slipway.storage import Storage
 
-SCHEMA = pa.schema([
+COMMON = [
     ("request_id", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")),
     ("route", pa.string()), ("api_key", pa.string()), ("model", pa.string()),
-    ("model_version", pa.string()), ("inputs", pa.string()), ("output", pa.string()),
-    ("latency_ms", pa.float64()), ("status", pa.int32()),
-])
+    ("model_version", pa.string()), ("latency_ms", pa.float64()), ("status", pa.int32()),
+    # The experiment and variant an answer was served in, and the randomisation unit's id.
+    ("experiment", pa.string()), ("variant", pa.string()), ("unit", pa.string()),
+]
+RANK_FEATURES = pa.struct([("user_id", pa.int64()), ("article_id", pa.int64()),
+                           *(f for fields in VIEW_COLUMNS.values() for f in fields)])
+RANK_SCORE = pa.struct([("article_id", pa.int64()), ("score", pa.float64()),
+                        ("features_found", pa.bool_())])
+LABEL = pa.struct([("label", pa.string()),
+                   ("probabilities", pa.map_(pa.string(), pa.float64()))])
+# (inputs, output) types of the routes stored typed; every other route stores JSON text.
+TYPED = {"/v1/rank": (pa.list_(RANK_FEATURES), pa.list_(RANK_SCORE)),
+         "/v1/classify": (pa.list_(pa.string()), pa.list_(LABEL))}
+
+
+def schema(route: str) -> pa.Schema:
+    """The log schema of `route`."""
+    inputs, output = TYPED.get(route, (pa.string(), pa.string()))
+    return pa.schema([*COMMON, ("inputs", inputs), ("output", output)])
 
 
 def route_folder(route: str) -> str:
@@ -42,28 +62,32 @@ def route_folder(route: str) -> str:
 
 
 def log_row(request_id: str, timestamp: datetime, route: str, api_key: str, model: str,
-            version: Any, inputs: Any, output: Any, latency_ms: float, status: int = 200
-            ) -> dict[str, Any]:
-    """One prediction-log row; `inputs` and `output` are stored as JSON."""
+            version: Any, inputs: Any, output: Any, latency_ms: float, status: int = 200,
+            experiment: tuple[str, str, str] | None = None) -> dict[str, Any]:
+    """One prediction-log row; `inputs` and `output` as the route's schema stores them;
+    `experiment`: (experiment, variant, unit id) of an exposure."""
+    if route not in TYPED:
+        inputs, output = json.dumps(inputs, default=str), json.dumps(output, default=str)
     return {"request_id": request_id, "timestamp": timestamp, "route": route,
             "api_key": api_key, "model": model, "model_version": str(version),
-            "inputs": json.dumps(inputs, default=str), "output": json.dumps(output, default=str),
-            "latency_ms": latency_ms, "status": status}
+            "inputs": inputs, "output": output, "latency_ms": latency_ms, "status": status,
+            **dict(zip(("experiment", "variant", "unit"), experiment or (None,) * 3,
+                       strict=True))}
 
 
 def write_rows(storage: Storage, rows: list[dict[str, Any]], writer: str) -> int:
     """Write rows as Parquet, one file per (route, day); return the number of files."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(route_folder(row["route"]), row["timestamp"].strftime("%Y-%m-%d"))].append(row)
+        groups[(row["route"], row["timestamp"].strftime("%Y-%m-%d"))].append(row)
     for (route, day), part in groups.items():
-        table = pa.Table.from_pylist(part, schema=SCHEMA)
+        table = pa.Table.from_pylist(part, schema=schema(route))
         name = f"{writer}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         # Whole files only: the monitor and the tests read the log while the app writes it.
-        storage.write_whole(buffer.getvalue().to_pybytes(), "predictions", route, f"date={day}",
-                            name)
+        storage.write_whole(buffer.getvalue().to_pybytes(), "predictions", route_folder(route),
+                            f"date={day}", name)
     return len(groups)
 
 
@@ -80,8 +104,9 @@ def compact(storage: Storage, route: str, before: date) -> int:
     for day, files in sorted(by_day.items()):
         if date.fromisoformat(day) >= before or len(files) < 2:
             continue
-        table = pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(*f)), schema=SCHEMA)
-                                 for f in files).sort_by("timestamp")
+        table = pa.concat_tables(
+            pq.read_table(io.BytesIO(storage.read_bytes(*f)), schema=schema(route))
+            for f in files).sort_by("timestamp")
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         name = f"compacted-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
@@ -92,18 +117,23 @@ def compact(storage: Storage, route: str, before: date) -> int:
     return merged
 
 
-def read_log(storage: Storage, route: str, model: str | None = None) -> pd.DataFrame:
-    """A route's successful log rows, oldest first (empty frame when nothing is logged)."""
+def read_log(storage: Storage, route: str, model: str | None = None,
+             experiment: str | None = None) -> pa.Table:
+    """A route's log rows, oldest first (an empty table when nothing is logged): the successful
+    answers, or with `experiment` every exposure of that experiment, failed ones included."""
     if not storage.list_files("predictions", route_folder(route)):
-        return SCHEMA.empty_table().to_pandas()
+        return schema(route).empty_table()
     dataset = pads.dataset(storage.uri("predictions", route_folder(route)), format="parquet",
-                           schema=SCHEMA, partitioning="hive")
-    table = dataset.to_table(columns=SCHEMA.names)
-    frame = table.to_pandas().drop_duplicates(["request_id", "timestamp", "model", "output"])
-    frame = frame[frame["status"] == 200]
+                           schema=schema(route), partitioning="hive")
+    keep = (pc.field("status") == 200 if experiment is None
+            else pc.field("experiment") == experiment)
     if model is not None:
-        frame = frame[frame["model"] == model]
-    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+        keep = keep & (pc.field("model") == model)
+    table = dataset.to_table(columns=schema(route).names, filter=keep)
+    # A file being compacted may be read twice: an answer is its request id, time and model.
+    keys = table.select(["request_id", "timestamp", "model"]).to_pandas()
+    table = table.filter(pa.array(~keys.duplicated().to_numpy()))
+    return table.take(pc.sort_indices(table, [("timestamp", "ascending")]))
 
 
 def json_records(frame: pd.DataFrame) -> list[dict]:
@@ -111,25 +141,42 @@ def json_records(frame: pd.DataFrame) -> list[dict]:
     return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
-def flatten(log: pd.DataFrame, route: str) -> pd.DataFrame:
+def _items(table: pa.Table, column: str) -> tuple[pa.Array, np.ndarray]:
+    """The list column's items, flattened, with the row each came from."""
+    lists = table[column].combine_chunks()
+    return pc.list_flatten(lists), pc.list_parent_indices(lists).to_numpy()
+
+
+def flatten(log: pa.Table, route: str) -> pd.DataFrame:
     """One row per scored item: `timestamp`, `request_id`, `model_version`, the item's inputs and
-    `prediction` (the ranker's score; the classifier's label, plus its `confidence`)."""
-    rows: list[dict[str, Any]] = []
-    base_cols = ("timestamp", "request_id", "model_version")
-    for rec in log.itertuples(index=False):
-        base = {c: getattr(rec, c) for c in base_cols}
-        inputs, output = json.loads(rec.inputs), json.loads(rec.output)
-        if route_folder(route) == "v1_rank":
-            scores = {r["article_id"]: r["score"] for r in output}
-            rows += [{**base, **features, "prediction": scores[features["article_id"]]}
-                     for features in inputs]
-        elif route_folder(route) == "v1_classify":
-            rows += [{**base, "position": i, "text": text, "prediction": p["label"],
-                      "confidence": max(p["probabilities"].values())}
-                     for i, (text, p) in enumerate(zip(inputs, output, strict=True))]
-        else:
-            raise ValueError(f"route {route!r}: monitoring reads /v1/rank and /v1/classify logs")
-    frame = pd.DataFrame(rows)
-    if frame.empty:
+    `prediction` (the ranker's score; the classifier's label, plus its `confidence`), read
+    column-wise from the typed log."""
+    base_cols = ["timestamp", "request_id", "model_version"]
+    if route not in TYPED:
+        raise ValueError(f"route {route!r}: monitoring reads /v1/rank and /v1/classify logs")
+    if log.num_rows == 0:
         return pd.DataFrame(columns=[*base_cols, "prediction"])
-    return frame.replace({None: np.nan}).infer_objects()
+    base = log.select(base_cols)
+    inputs, rows = _items(log, "inputs")
+    if route == "/v1/rank":
+        frame = pa.Table.from_struct_array(inputs).to_pandas()
+        outputs, out_rows = _items(log, "output")
+        scores = pd.DataFrame({"_row": out_rows, "article_id": outputs.field("article_id"),
+                               "prediction": outputs.field("score")})
+        frame = frame.assign(_row=rows).merge(
+            scores.drop_duplicates(["_row", "article_id"]), on=["_row", "article_id"],
+            how="left")
+        frame = pd.concat([base.take(pa.array(frame.pop("_row"))).to_pandas(), frame], axis=1)
+        return frame.replace({None: np.nan}).infer_objects()
+    outputs, _ = _items(log, "output")
+    if len(rows) == 0:
+        return pd.DataFrame(columns=[*base_cols, "position", "text", "prediction", "confidence"])
+    offsets = log["inputs"].combine_chunks().offsets.to_numpy()
+    probabilities = outputs.field("probabilities")
+    ends = probabilities.offsets.to_numpy()  # maps keep their unsliced items: index with these
+    values = probabilities.items.to_numpy(zero_copy_only=False)[:ends[-1]]
+    return pd.concat([base.take(pa.array(rows)).to_pandas(), pd.DataFrame({
+        "position": np.arange(len(rows)) + offsets[0] - offsets[rows],
+        "text": inputs.to_pandas(),
+        "prediction": outputs.field("label").to_pandas(),
+        "confidence": np.maximum.reduceat(values, ends[:-1])})], axis=1)

@@ -9,8 +9,9 @@ Aliases (`champion`, `challenger`) point at versions; every move is kept in the 
 rollback moves an alias back to the version it pointed at before.
 
 Concurrent writers (a retraining the monitor triggered and a scheduled pipeline) are safe on a
-local or shared disk: a version number is claimed by creating its `.claim` file exclusively, and
-alias moves are read-modify-writes under a lock, written whole.
+local or shared disk and on S3 or GCS: a version number is claimed by creating its `.claim` file
+exclusively, and an alias move is a read-modify-write that no other move can interleave with
+(`Storage.update_json`: a lock file on disks, conditional writes on object stores).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from safetensors.torch import save as save_safetensors
 from slipway.storage import Storage, local_cache
 
 CLAIM = ".claim"  # created exclusively: the version number is taken
+# Metadata keys the registry writes itself; the rest is what the registrant recorded.
+OWN_KEYS = ("name", "version", "created_at", "architecture", "artifact_uri", "format", "kind")
 # Architectures the registry can rebuild, by name; loading never runs code named by the data.
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
 
@@ -59,6 +62,12 @@ class ModelVersion:
     def metrics(self) -> dict[str, float]:
         """Evaluation metrics recorded with the version."""
         return self.metadata.get("metrics", {})
+
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """What the registrant recorded (metrics, lineage, config): the metadata without the
+        registry's own keys, as a copy registered again would take it."""
+        return {k: v for k, v in self.metadata.items() if k not in OWN_KEYS}
 
 
 class Registry:
@@ -161,28 +170,25 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: int, reason: str = "") -> None:
         """Point `alias` at `version`, recording the move."""
         self.get(name, version)
-        with self.storage.locked("models", name, ".aliases.lock"):
-            self._move(name, alias, version, reason)
-
-    def _move(self, name: str, alias: str, version: int, reason: str) -> None:
-        """The alias move itself; the caller holds the aliases lock."""
-        doc = self._aliases(name)
-        doc["history"].append({"alias": alias, "version": version,
-                               "previous": doc["aliases"].get(alias), "at": time.time(),
-                               "reason": reason})
-        doc["aliases"][alias] = version
-        self.storage.write_json(doc, "models", name, "aliases.json")
+        self._update_aliases(name, lambda doc: _moved(doc, alias, version, reason))
 
     def rollback(self, name: str, alias: str = "champion") -> int:
         """Move `alias` back to the version it pointed at before its current one."""
-        with self.storage.locked("models", name, ".aliases.lock"):
-            current = self.aliases(name).get(alias)
-            previous = [h["version"] for h in self._aliases(name)["history"]
+
+        def back(doc: dict[str, Any]) -> dict[str, Any]:
+            current = doc["aliases"].get(alias)
+            previous = [h["version"] for h in doc["history"]
                         if h["alias"] == alias and h["version"] != current]
             if current is None or not previous:
                 raise RegistryError(f"{name}:{alias} has no earlier version to roll back to")
-            self._move(name, alias, previous[-1], reason="rollback")
-        return previous[-1]
+            return _moved(doc, alias, previous[-1], reason="rollback")
+
+        return self._update_aliases(name, back)["aliases"][alias]
+
+    def _update_aliases(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+                        ) -> dict[str, Any]:
+        return self.storage.update_json(change, {"aliases": {}, "history": []},
+                                        "models", name, "aliases.json")
 
     def load(self, name: str, ref: str | int = "champion") -> tuple[torch.nn.Module, ModelVersion]:
         """Rebuild the model of a version from its architecture and weights, in eval mode."""
@@ -206,3 +212,12 @@ class Registry:
             raise RegistryError(f"{name} v{mv.version}: weights do not fit {arch['name']}: "
                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model.eval(), mv
+
+
+def _moved(doc: dict[str, Any], alias: str, version: int, reason: str) -> dict[str, Any]:
+    """`doc` (an aliases document) with `alias` moved to `version` and the move recorded."""
+    doc["history"].append({"alias": alias, "version": version,
+                           "previous": doc["aliases"].get(alias), "at": time.time(),
+                           "reason": reason})
+    doc["aliases"][alias] = version
+    return doc

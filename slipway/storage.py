@@ -15,17 +15,23 @@ Layout under the root:
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from slipway.conditional import ConditionalStore, conditional_store
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
 
 
 def local_cache(*parts: str) -> str:
@@ -38,6 +44,7 @@ class Storage:
 
     def __init__(self, root: str) -> None:
         self.is_local = "://" not in root or root.startswith("file://")
+        self._store: ConditionalStore | None = None
         if self.is_local:
             base = os.path.abspath(root.removeprefix("file://"))
             self.fs: pafs.FileSystem = pafs.LocalFileSystem()
@@ -93,14 +100,11 @@ class Storage:
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """Create the file `parts` holding `data` unless it exists: True if this call created
-        it. On a local disk the complete file is hard-linked into place, which fails when the
-        name is taken, so of many processes racing for one name exactly one wins. Object stores
-        get a check then a write (not atomic: one writer at a time per registry there)."""
+        it. Of many processes racing for one name exactly one wins: on a local disk the complete
+        file is hard-linked into place, which fails when the name is taken; object stores get a
+        conditional write (`slipway.conditional`)."""
         if not self.is_local:
-            if self.exists(*parts):
-                return False
-            self.write_whole(data, *parts)
-            return True
+            return self._conditional().create(self._path(*parts), data)
         temp = (*parts[:-1], f".{parts[-1]}.{uuid.uuid4().hex[:8]}.tmp")
         with self.open_output(*temp) as out:
             out.write(data)
@@ -112,26 +116,41 @@ class Storage:
         finally:
             os.unlink(self._path(*temp))
 
-    @contextmanager
-    def locked(self, *parts: str) -> Iterator[None]:
-        """Hold an exclusive lock named `parts` (a lock file) while the block runs, so that
-        read-modify-write updates from several processes do not lose each other's changes.
-        Local disks only; on object stores the block runs unlocked."""
-        if not self.is_local:
-            yield
-            return
-        self.makedirs(*parts[:-1])
-        with open(self._path(*parts), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def update_json(self, change: Callable[[Any], Any], default: Any, *parts: str) -> Any:
+        """Read-modify-write the JSON document `parts` (`default` while it is missing) so that
+        concurrent updates from several processes never lose one another: `change` gets the
+        current document and returns the new one, which is written whole and returned. Local
+        disks hold a lock file meanwhile; object stores write conditionally on the state read
+        and call `change` again on the newer document when another writer came first."""
+        if self.is_local:
+            self.makedirs(*parts[:-1])
+            lock = self._path(*parts[:-1], f".{parts[-1]}.lock")
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    doc = self.read_json(*parts) if self.exists(*parts) else copy.deepcopy(default)
+                    new = change(doc)
+                    self.write_json(new, *parts)
+                    return new
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        store = self._conditional()
+        while True:
+            current = store.read(self._path(*parts))
+            doc = json.loads(current[0].decode()) if current else copy.deepcopy(default)
+            new = change(doc)
+            if store.replace(self._path(*parts), _json_bytes(new),
+                             current[1] if current else None):
+                return new
+
+    def _conditional(self) -> ConditionalStore:
+        if self._store is None:
+            self._store = conditional_store(self.root.split("://", 1)[0])
+        return self._store
 
     def write_json(self, obj: Any, *parts: str) -> str:
         """Write `obj` as indented JSON to `parts`, whole (see `write_whole`); return its URI."""
-        return self.write_whole(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(),
-                                *parts)
+        return self.write_whole(_json_bytes(obj), *parts)
 
     def read_bytes(self, *parts: str) -> bytes:
         """The whole content of the file `parts`."""

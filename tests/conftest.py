@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,48 @@ def redis_url() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# moto's S3 server handling one request at a time, so that each conditional write is atomic as
+# S3 makes it; prints its port.
+S3_SERVER = """
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app),
+                     threaded=False)
+print(server.port, flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 API on 127.0.0.1 (moto's server) for the test session, with a bucket
+    `slipway-test`: its endpoint URL."""
+    import boto3
+
+    proc = subprocess.Popen([sys.executable, "-c", S3_SERVER], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    endpoint = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                 aws_secret_access_key="test", region_name="us-east-1"
+                 ).create_bucket(Bucket="slipway-test")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_root(s3_endpoint, monkeypatch) -> str:
+    """A fresh `s3://` storage root on the test S3 server; boto3 and pyarrow find the server
+    and credentials through the environment, as they would in production."""
+    import uuid
+
+    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"
+                        }.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://slipway-test/{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")

@@ -174,21 +174,7 @@ def _events(cfg: GeneratorConfig, rng: np.random.Generator, articles: pd.DataFra
     back = np.floor(rng.exponential(max(len(articles) / 8, 1.0), size=n)).astype(np.int64)
     art_idx = np.clip(available - 1 - back, 0, len(articles) - 1)
 
-    topic_idx = articles["topic"].map({t: i for i, t in enumerate(TOPICS)}).to_numpy()[art_idx]
-    fav = ((users["_fav0"].to_numpy()[user_idx] == topic_idx)
-           | (users["_fav1"].to_numpy()[user_idx] == topic_idx))
-    fav_effect = np.full(n, cfg.favorite_topic_effect)
-    dev_effects = np.array([cfg.device_effects.get(d, 0.0) for d in DEVICES])
-    dev_effect = dev_effects[device_idx[user_idx]]
-    if drift and drift.favorite_topic_effect is not None:
-        fav_effect[late] = drift.favorite_topic_effect
-    if drift and drift.device_effects is not None:
-        late_effects = np.array([drift.device_effects.get(d, 0.0) for d in DEVICES])
-        dev_effect[late] = late_effects[device_idx[user_idx][late]]
-    age_days = (secs - pub[art_idx]) / 86400.0
-    logit = (-1.6 + fav_effect * fav + dev_effect + users["_propensity"].to_numpy()[user_idx]
-             + articles["_quality"].to_numpy()[art_idx] - 0.04 * np.clip(age_days, 0, None))
-    click_probability = 1.0 / (1.0 + np.exp(-logit))
+    click_probability = click_probabilities(cfg, users, articles, user_idx, art_idx, secs, late)
     clicked = rng.random(n) < click_probability
     body_words = articles["body"].str.count(" ").to_numpy()[art_idx] + 1
     dwell = rng.lognormal(np.log(2.0 * body_words), 0.5, size=n)
@@ -203,6 +189,32 @@ def _events(cfg: GeneratorConfig, rng: np.random.Generator, articles: pd.DataFra
         "dwell_seconds": np.where(clicked, np.round(dwell, 2), 0.0),
         "_click_probability": click_probability,
     })
+
+
+def click_probabilities(cfg: GeneratorConfig, users: pd.DataFrame, articles: pd.DataFrame,
+                        user_idx: np.ndarray, art_idx: np.ndarray, secs: np.ndarray,
+                        late: np.ndarray) -> np.ndarray:
+    """The world's true click model: the probability that the users at rows `user_idx` click the
+    articles at rows `art_idx`, `secs` seconds after the start (`late`: after the drift)."""
+    drift = cfg.drift
+    start = pd.Timestamp(cfg.start, tz="UTC")
+    pub = (articles["published_at"] - start).dt.total_seconds().to_numpy()
+    device_idx = users["device"].map({d: i for i, d in enumerate(DEVICES)}).to_numpy()
+    topic_idx = articles["topic"].map({t: i for i, t in enumerate(TOPICS)}).to_numpy()[art_idx]
+    fav = ((users["_fav0"].to_numpy()[user_idx] == topic_idx)
+           | (users["_fav1"].to_numpy()[user_idx] == topic_idx))
+    fav_effect = np.full(len(user_idx), cfg.favorite_topic_effect)
+    dev_effects = np.array([cfg.device_effects.get(d, 0.0) for d in DEVICES])
+    dev_effect = dev_effects[device_idx[user_idx]]
+    if drift and drift.favorite_topic_effect is not None:
+        fav_effect[late] = drift.favorite_topic_effect
+    if drift and drift.device_effects is not None:
+        late_effects = np.array([drift.device_effects.get(d, 0.0) for d in DEVICES])
+        dev_effect[late] = late_effects[device_idx[user_idx][late]]
+    age_days = (secs - pub[art_idx]) / 86400.0
+    logit = (-1.6 + fav_effect * fav + dev_effect + users["_propensity"].to_numpy()[user_idx]
+             + articles["_quality"].to_numpy()[art_idx] - 0.04 * np.clip(age_days, 0, None))
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 def generate(cfg: GeneratorConfig) -> World:

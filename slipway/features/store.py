@@ -114,6 +114,13 @@ def training_set(store: FeatureStore, labels: pd.DataFrame) -> pd.DataFrame:
     return store.get_historical_features(entity_df=labels, features=service).to_df()
 
 
+def user_features(store: FeatureStore, users: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """`user_engagement` features of each (user_id, event_timestamp) row as of its own time
+    (point-in-time correct, as `training_set`)."""
+    return store.get_historical_features(
+        entity_df=users, features=[f"user_engagement:{name}" for name in names]).to_df()
+
+
 def online_features(store: FeatureStore, rows: list[dict]) -> pd.DataFrame:
     """Latest features from the online store for rows like `{"user_id": 1, "article_id": 2}`."""
     service = store.get_feature_service("engagement")

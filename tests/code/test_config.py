@@ -108,7 +108,8 @@ def test_every_shipped_config_validates_against_its_job():
             "build_index": "jobs.build_index:BuildIndexConfig",
             "monitor": "jobs.monitor:MonitorConfig",
             "monitor_topics": "jobs.monitor:MonitorConfig",
-            "pipeline": "jobs.pipeline:PipelineConfig"}
+            "pipeline": "jobs.pipeline:PipelineConfig",
+            "experiments/ranker_ab": "jobs.experiment:ExperimentConfig"}
     layers = {"production/features": "features", "production/monitor": "monitor",
               "production/pipeline": "pipeline"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))

@@ -70,28 +70,37 @@ def _register_and_promote(root: str, writer: int, barrier, count: int) -> None:
         reg.set_alias("race", "champion", mv.version, f"{writer}-{n}")
 
 
-def test_concurrent_registrations_and_alias_moves_from_processes_lose_nothing(tmp_path):
+@pytest.fixture(params=["disk", "s3"])
+def shared_root(request, tmp_path) -> tuple[str, int, int]:
+    """A root several processes write at once (a local folder, or an S3 bucket), with how many
+    writers and registrations each (fewer on S3, where each costs a dozen HTTP requests)."""
+    if request.param == "disk":
+        return str(tmp_path), 6, 8
+    return request.getfixturevalue("s3_root"), 4, 4
+
+
+def test_concurrent_registrations_and_alias_moves_from_processes_lose_nothing(shared_root):
     """Processes registering and promoting at once (a monitor-triggered retraining and a
     scheduled pipeline): every registration gets its own version with its own metadata, and
-    every alias move is in the history."""
+    every alias move is in the history, on a local disk and on S3."""
     import multiprocessing
 
+    shared_root, writers, count = shared_root
     context = multiprocessing.get_context("fork")
-    writers, count = 6, 8
     barrier = context.Barrier(writers)
     procs = [context.Process(target=_register_and_promote,
-                             args=(str(tmp_path), w, barrier, count)) for w in range(writers)]
+                             args=(shared_root, w, barrier, count)) for w in range(writers)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(timeout=120)
         assert proc.exitcode == 0
-    reg = Registry(Storage(str(tmp_path)))
+    reg = Registry(Storage(shared_root))
     assert reg.versions("race") == list(range(1, writers * count + 1))
     made = {(reg.get("race", v).metadata["writer"], reg.get("race", v).metadata["n"])
             for v in reg.versions("race")}
     assert made == {(w, n) for w in range(writers) for n in range(count)}
-    history = Storage(str(tmp_path)).read_json("models", "race", "aliases.json")["history"]
+    history = Storage(shared_root).read_json("models", "race", "aliases.json")["history"]
     assert sorted(h["reason"] for h in history) == sorted(
         f"{w}-{n}" for w in range(writers) for n in range(count))
     # Each move saw the one before it: the history is one chain.

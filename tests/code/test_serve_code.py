@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import json
 
 import pandas as pd
 import pytest
@@ -17,6 +16,8 @@ from serve_apps.prediction_log import PredictionLog
 from serve_apps.schemas import ClassifyRequest, CompletionRequest, RankRequest
 from serve_apps.settings import AppSettings, AuthSettings, LoggingSettings
 from slipway.storage import Storage
+
+LABELED = [{"label": "a", "probabilities": {"a": 0.75, "b": 0.25}}]  # a one-text classify answer
 
 
 def test_keys_come_from_the_environment_and_a_secrets_file(tmp_path, monkeypatch):
@@ -95,7 +96,7 @@ def test_prediction_log_batches_rows_into_parquet_per_route_and_day(tmp_path):
     async def scenario() -> PredictionLog:
         log = PredictionLog(storage, LoggingSettings(flush_rows=3, flush_interval_s=60))
         for i in range(4):
-            log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["text"], {"label": "a"}, 5.0)
+            log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["text"], LABELED, 5.0)
             if i == 2:  # the third row starts a flush, which runs off the request path
                 assert log.written == 0
                 for _ in range(600):  # poll (up to a generous 60 s) for the background flush
@@ -104,7 +105,8 @@ def test_prediction_log_batches_rows_into_parquet_per_route_and_day(tmp_path):
                     await asyncio.sleep(0.1)
                 assert log.written == 3 and not log.rows
         assert len(log.rows) == 1  # below flush_rows: waits for the timer or close()
-        log.record("r9", "/v1/rank", "web", "engagement", 1, {"f": 1.5}, [1, 2], 7.0)
+        log.record("r9", "/v1/rank", "web", "engagement", 1, [{"user_id": 1, "article_id": 2}],
+                   [{"article_id": 2, "score": 0.5, "features_found": False}], 7.0)
         await log.close()
         return log
 
@@ -114,7 +116,8 @@ def test_prediction_log_batches_rows_into_parquet_per_route_and_day(tmp_path):
                          glob.glob(f"{tmp_path}/root/predictions/v1_classify/date=*/*.parquet"))
     assert sorted(classify["request_id"]) == ["r0", "r1", "r2", "r3"]
     assert classify["model_version"].iloc[0] == "2"
-    assert json.loads(classify["output"].iloc[0]) == {"label": "a"}
+    assert list(classify["output"].iloc[0]) == [{"label": "a",
+                                                 "probabilities": [("a", 0.75), ("b", 0.25)]}]
     rank = glob.glob(f"{tmp_path}/root/predictions/v1_rank/date=*/*.parquet")
     assert len(rank) == 1
 
@@ -130,7 +133,7 @@ def test_prediction_log_holds_at_most_its_bound_while_storage_is_down_then_catch
         log = PredictionLog(storage, LoggingSettings(flush_rows=1000, flush_interval_s=60,
                                                      max_buffered_rows=50))
         for i in range(120):
-            log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["t"], {"label": "a"}, 1.0)
+            log.record(f"r{i}", "/v1/classify", "web", "topic", 2, ["t"], LABELED, 1.0)
             if i % 40 == 39:
                 assert await log.flush() == 0  # storage down: nothing written, rows kept
         assert len(log.rows) == 50 and log.dropped == 70
@@ -153,9 +156,13 @@ def test_compaction_merges_a_finished_days_files_and_readers_see_each_row_once(t
 
     storage = Storage(str(tmp_path))
     days = [datetime(2026, 3, d, 12, tzinfo=timezone.utc) for d in (1, 2)]
+    def ranked(i: int) -> tuple[list[dict], list[dict]]:
+        return ([{"user_id": 1, "article_id": i, "user_ctr_7d": i / 10}],
+                [{"article_id": i, "score": i / 10, "features_found": True}])
+
     for i in range(6):  # six flushes a day: six small files per day
         write_rows(storage, [log_row(f"r{d.day}-{i}", d.replace(minute=i), "/v1/rank", "web",
-                                     "engagement", 1, {"f": i}, [i], 2.0) for d in days], "w")
+                                     "engagement", 1, *ranked(i), 2.0) for d in days], "w")
     before = read_log(storage, "/v1/rank")
 
     def files(day: str) -> list[str]:
@@ -165,9 +172,43 @@ def test_compaction_merges_a_finished_days_files_and_readers_see_each_row_once(t
     assert compact(storage, "/v1/rank", before=date(2026, 3, 2)) == 6  # day 2 is not finished
     assert (len(files("2026-03-01")), len(files("2026-03-02"))) == (1, 6)
     after = read_log(storage, "/v1/rank")
-    pd.testing.assert_frame_equal(before, after)
+    assert before.num_rows == 12 and after.equals(before)
     # A reader that sees the merged file and a part not yet removed still counts each row once.
-    write_rows(storage, [log_row("r1-0", days[0], "/v1/rank", "web", "engagement", 1, {"f": 0},
-                                 [0], 2.0)], "w")
+    write_rows(storage, [log_row("r1-0", days[0], "/v1/rank", "web", "engagement", 1, *ranked(0),
+                                 2.0)], "w")
     assert len(read_log(storage, "/v1/rank")) == len(before)
     assert compact(storage, "/v1/rank", before=date(2026, 3, 2)) == 2
+
+
+def test_the_monitor_reads_typed_log_columns_item_by_item(tmp_path):
+    """Rank and classify answers are stored as typed columns and flatten to one row per scored
+    item, each with its own features and prediction, as the answers themselves give them."""
+    from datetime import datetime, timezone
+
+    from slipway.predictions import flatten, log_row, read_log, write_rows
+
+    storage = Storage(str(tmp_path))
+    at = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    ranked = [[(7, 0.2, None), (3, 0.9, 0.5)], [(5, 0.4, 0.1)]]  # (article, score, ctr) per item
+    write_rows(storage, [log_row(
+        f"q{n}", at.replace(minute=n), "/v1/rank", "web", "engagement", 4,
+        [{"user_id": 10 + n, "article_id": a, "user_ctr_7d": ctr} for a, _, ctr in items],
+        # the answer lists the best first: a different order from the inputs
+        sorted(({"article_id": a, "score": s, "features_found": ctr is not None}
+                for a, s, ctr in items), key=lambda r: -r["score"]), 3.0)
+        for n, items in enumerate(ranked)], "w")
+    texts = [["a b", "c"], ["d"]]
+    probs = [[{"x": 0.6, "y": 0.4}, {"x": 0.1, "y": 0.9}], [{"x": 0.7, "y": 0.3}]]
+    write_rows(storage, [log_row(
+        f"c{n}", at.replace(minute=n), "/v1/classify", "web", "topic", 2, texts[n],
+        [{"label": max(p, key=p.get), "probabilities": p} for p in probs[n]], 1.0)
+        for n in range(2)], "w")
+    rank = flatten(read_log(storage, "/v1/rank"), "/v1/rank")
+    assert rank[["request_id", "user_id", "article_id", "prediction"]].values.tolist() == [
+        ["q0", 10, 7, 0.2], ["q0", 10, 3, 0.9], ["q1", 11, 5, 0.4]]
+    assert rank["user_ctr_7d"].isna().tolist() == [True, False, False]
+    assert rank["model_version"].tolist() == ["4"] * 3
+    classify = flatten(read_log(storage, "/v1/classify"), "/v1/classify")
+    assert classify[["request_id", "position", "text", "prediction", "confidence"]
+                    ].values.tolist() == [["c0", 0, "a b", "x", 0.6], ["c0", 1, "c", "y", 0.9],
+                                          ["c1", 0, "d", "x", 0.7]]

@@ -154,9 +154,8 @@ def noop_adapter(root: str, adapter, tmp_path):
     tensors = load_file(copy / "adapter_model.safetensors")
     save_file({k: v.zero_() if "lora_B" in k else v for k, v in tensors.items()},
               copy / "adapter_model.safetensors")
-    keep = {k: v for k, v in adapter.metadata.items()
-            if k not in ("name", "version", "created_at", "format", "kind", "artifact_uri")}
-    return Registry(storage).register_folder(adapter.name, str(copy), "lora_adapter", **keep)
+    return Registry(storage).register_folder(adapter.name, str(copy), "lora_adapter",
+                                             **adapter.recorded)
 
 
 def test_the_llm_gate_promotes_a_better_adapter_and_refuses_one_equal_to_its_base(

@@ -172,10 +172,8 @@ def test_rollback_moves_the_champion_back_to_the_version_before(platform_root, r
     registry = Registry(Storage(platform_root))
     first = resumed.version
     model, _ = registry.load("clicks", first.version)
-    meta = {k: v for k, v in first.metadata.items()
-            if k not in ("name", "version", "created_at", "architecture", "artifact_uri")}
     second = registry.register("clicks", model.state_dict(), first.metadata["architecture"]["name"],
-                               first.metadata["architecture"]["params"], **meta)
+                               first.metadata["architecture"]["params"], **first.recorded)
     registry.set_alias("clicks", "champion", first.version, "test")
     registry.set_alias("clicks", "champion", second.version, "test")
     back = promote_job(load_config(PromoteConfig, None, [

@@ -30,11 +30,9 @@ def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, pl
     head = model.head[-1]
     with torch.no_grad():  # a version that always says labels[-1]: its answers show it is live
         head.bias[-1] += 100.0
-    keep = {k: v for k, v in champion.metadata.items()
-            if k not in ("name", "version", "created_at", "architecture", "artifact_uri")}
     new = registry.register("article_topic", model.trained_state(),
                             champion.metadata["architecture"]["name"],
-                            champion.metadata["architecture"]["params"], **keep)
+                            champion.metadata["architecture"]["params"], **champion.recorded)
     before = api.get("/readyz").json()["classifier"]
 
     config = copy.deepcopy(serve_config)
@@ -62,16 +60,13 @@ def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, pl
 def _copy_champion(registry: Registry, name: str) -> int:
     """Register the champion's weights (or folder) again: a new version that answers alike."""
     mv = registry.get(name, "champion")
-    keep = {k: v for k, v in mv.metadata.items()
-            if k not in ("name", "version", "created_at", "architecture", "artifact_uri",
-                         "format", "kind")}
     if mv.metadata.get("format") == "folder":
         path, _ = registry.fetch(name, mv.version)
-        return registry.register_folder(name, path, mv.metadata["kind"], **keep).version
+        return registry.register_folder(name, path, mv.metadata["kind"], **mv.recorded).version
     model, _ = registry.load(name, mv.version)
     state = model.trained_state() if hasattr(model, "trained_state") else model.state_dict()
     arch = mv.metadata["architecture"]
-    return registry.register(name, state, arch["name"], arch["params"], **keep).version
+    return registry.register(name, state, arch["name"], arch["params"], **mv.recorded).version
 
 
 def test_promotions_and_rollbacks_reach_the_running_app_without_a_failed_request(

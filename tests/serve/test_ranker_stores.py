@@ -22,7 +22,7 @@ def test_the_ranker_reads_redis_and_ranks_as_on_sqlite(platform_root, redis_url,
     articles = pd.read_parquet(f"{platform_root}/curated/articles")["article_id"].head(12)
     users = pd.read_parquet(f"{platform_root}/curated/users")["user_id"].head(5).tolist()
     on_redis = Ranker.func_or_class(root, "engagement", redis, 0)
-    empty = on_redis._rank(users[0], articles.tolist())["ranking"]
+    empty = on_redis._rank(users[0], articles.tolist(), "champion")["ranking"]
     assert not any(r["features_found"] for r in empty)  # nothing in Redis yet
 
     open_store(FeatureStoreSettings(**redis), Storage(root)).materialize(
@@ -30,7 +30,7 @@ def test_the_ranker_reads_redis_and_ranks_as_on_sqlite(platform_root, redis_url,
         end_date=datetime.now(timezone.utc))
     sqlite = Ranker.func_or_class(root, "engagement", {"project": "slipway"}, 0)
     for user in users:
-        a = sqlite._rank(user, articles.tolist())
-        b = on_redis._rank(user, articles.tolist())
+        a = sqlite._rank(user, articles.tolist(), "champion")
+        b = on_redis._rank(user, articles.tolist(), "champion")
         assert a["ranking"] == b["ranking"] and a["features"] == b["features"]
         assert all(r["features_found"] for r in b["ranking"])

@@ -1,0 +1,1 @@
+"""Online experiments: declared variants, sticky assignment, outcome events and their analysis."""
