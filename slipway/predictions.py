@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
-import uuid
 from collections import defaultdict
 from datetime import date, datetime
 from typing import Any
@@ -81,13 +79,9 @@ def write_rows(storage: Storage, rows: list[dict[str, Any]], writer: str) -> int
     for row in rows:
         groups[(row["route"], row["timestamp"].strftime("%Y-%m-%d"))].append(row)
     for (route, day), part in groups.items():
-        table = pa.Table.from_pylist(part, schema=schema(route))
-        name = f"{writer}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
         # Whole files only: the monitor and the tests read the log while the app writes it.
-        storage.write_whole(buffer.getvalue().to_pybytes(), "predictions", route_folder(route),
-                            f"date={day}", name)
+        storage.write_part(pa.Table.from_pylist(part, schema=schema(route)), writer,
+                           "predictions", route_folder(route), f"date={day}")
     return len(groups)
 
 
@@ -107,10 +101,7 @@ def compact(storage: Storage, route: str, before: date) -> int:
         table = pa.concat_tables(
             pq.read_table(io.BytesIO(storage.read_bytes(*f)), schema=schema(route))
             for f in files).sort_by("timestamp")
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
-        name = f"compacted-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
-        storage.write_whole(buffer.getvalue().to_pybytes(), *files[0][:-1], name)
+        storage.write_part(table, "compacted", *files[0][:-1])
         for f in files:
             storage.remove(*f)
         merged += len(files)

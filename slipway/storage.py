@@ -20,12 +20,14 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from slipway.conditional import ConditionalStore, conditional_store
 
@@ -97,6 +99,14 @@ class Storage:
             out.write(data)
         self.fs.move(self._path(*temp), self._path(*parts))
         return self.uri(*parts)
+
+    def write_part(self, table: pa.Table, writer: str, *folder: str) -> str:
+        """Add `table` to `folder` as a new Parquet file `<writer>-<millis>-<random>.parquet`,
+        written whole (readers of the folder never see it half written); return its URI."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        name = f"{writer}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
+        return self.write_whole(buffer.getvalue().to_pybytes(), *folder, name)
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """Create the file `parts` holding `data` unless it exists: True if this call created

@@ -9,15 +9,12 @@ exactly.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections import defaultdict
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from slipway.storage import Storage
 
@@ -35,10 +32,8 @@ def write_events(storage: Storage, rows: list[dict[str, Any]], writer: str) -> i
     for row in rows:
         days[row["timestamp"].strftime("%Y-%m-%d")].append(row)
     for day, part in days.items():
-        buffer = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(part, schema=SCHEMA), buffer)
-        name = f"{writer}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
-        storage.write_whole(buffer.getvalue().to_pybytes(), "events", f"date={day}", name)
+        storage.write_part(pa.Table.from_pylist(part, schema=SCHEMA), writer, "events",
+                           f"date={day}")
     return len(days)
 
 
