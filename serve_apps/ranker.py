@@ -38,13 +38,15 @@ class Ranker:
         follow(self._refresh, follow_interval_s, f"ranker {model_name}")
 
     def _refresh(self) -> None:
-        """Load again each reference whose version moved (a promoted champion)."""
+        """Load again each alias whose version moved (a promoted champion): one read of the
+        aliases; a numbered version never moves."""
+        aliases = self.registry.aliases(self.model_name)
         with self._loading:
-            loaded = dict(self.loaded)
-            for ref, (_, mv) in self.loaded.items():
-                if self.registry.get(self.model_name, ref).version != mv.version:
-                    loaded[ref] = self.registry.load(self.model_name, ref)
-            self.loaded = loaded
+            moved = {ref: self.registry.load(self.model_name, ref)
+                     for ref, (_, mv) in self.loaded.items()
+                     if isinstance(ref, str) and aliases.get(ref) != mv.version}
+            if moved:
+                self.loaded = {**self.loaded, **moved}
 
     def _model(self, ref: str | int) -> tuple:
         """The (model, version) `ref` names, loaded on its first request."""
