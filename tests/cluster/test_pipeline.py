@@ -57,8 +57,8 @@ def test_the_pipeline_builds_the_platform_then_reruns_only_what_changed(platform
     assert changed == {**dict.fromkeys(platform[:-1], "skipped"), "train": "running",
                        "evaluate": "running", "promote": "running"}
 
-    cli([*config, "--only", "features"])
-    assert outcomes(capsys) == {"features": "running"}
+    cli([*config, "--only", "evaluate_llm"])
+    assert outcomes(capsys) == {"evaluate_llm": "running"}
     cli([*config, "--config", str(epochs), "--from", "evaluate"])  # forced; promote unchanged
     forced = outcomes(capsys)
     forced.pop("monitor")

@@ -56,7 +56,8 @@ def tickets(tmp_path_factory):
     cfg = load_config(TrainConfig, "configs/train_text.yaml", [
         f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
         f"text.path={folder / 'tickets.csv'}", "text.text_columns=[ticket]",
-        "text.label_column=queue", "text.embed_actors=1", "model.epochs=15"])
+        "text.label_column=queue", "text.embed_actors=1", "trainer.num_workers=1",
+        "model.epochs=4", "model.batch_size=16", "model.lr=0.01"])  # 24 steps on 84 rows
     return root, folder, train_job(cfg)
 
 
