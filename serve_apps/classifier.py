@@ -3,14 +3,13 @@
 Its `user_config` picks the version (`ref`: alias or number) and the batching settings;
 changing it (`serve deploy` with a new user_config) reloads in place without a restart. An alias
 is followed (serve_apps/follow.py): a promotion or rollback is served within the app's
-`follow_interval_s`.
+`follow_interval_s`. Requests in an experiment name their variant's version (`ref`), held beside
+the default (serve_apps/versions.py); one batch may hold several versions' requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from pydantic import Field
 from ray import serve
 
 from serve_apps.follow import follow
+from serve_apps.versions import Versions
 from slipway.config import StrictModel, validate_config
 from slipway.models.scoring import predict_labels, predict_proba
 from slipway.registry import ModelVersion, Registry
@@ -46,45 +46,45 @@ class Classifier:
     """Label probabilities for texts, with the model's name and version."""
 
     def __init__(self, storage_root: str, model_name: str, follow_interval_s: float) -> None:
-        self.registry = Registry(Storage(storage_root))
         self.model_name = model_name
-        self.ref: str | int = ClassifierConfig().ref
-        self.loaded: tuple[Any, ModelVersion] | None = None
-        self._loading = threading.Lock()
-        follow(self._refresh, follow_interval_s, f"classifier {model_name}")
-
-    def _refresh(self) -> None:
-        """Load the version `ref` names now, if it is not the one loaded."""
-        with self._loading:
-            mv = self.registry.get(self.model_name, self.ref)
-            if self.loaded is None or mv.version != self.loaded[1].version:
-                self.loaded = self.registry.load(self.model_name, mv.version)
+        # The configured `ref` and the versions experiment variants name, side by side.
+        self.versions = Versions(Registry(Storage(storage_root)), model_name,
+                                 ClassifierConfig().ref)
+        follow(self.versions.refresh, follow_interval_s, f"classifier {model_name}")
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Load the version `ref` names (if it changed, off the event loop) and apply the
+        """Make the version `ref` names the default (loaded off the event loop) and apply the
         batching settings."""
         cfg = validate_config(ClassifierConfig, user_config, "Classifier user_config")
-        self.ref = cfg.ref
-        await asyncio.to_thread(self._refresh)
+        await asyncio.to_thread(self.versions.set_default, cfg.ref)
         self._batch.set_max_batch_size(cfg.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _batch(self, requests: list[list[str]]) -> list[dict]:
-        model, mv = self.loaded  # kept for the whole batch, whatever is loaded meanwhile
-        texts = [t for r in requests for t in r]
-        proba = await asyncio.to_thread(predict_proba, model, mv, pd.DataFrame({"text": texts}))
-        out, start = [], 0
-        for r in requests:
-            out.append(answer(mv, proba[start:start + len(r)]))
-            start += len(r)
+    def _predict(self, requests: list[list[str]], refs: list[str | int | None]) -> list[dict]:
+        """One forward pass per version the batch's requests name."""
+        out: list[dict] = [{}] * len(requests)
+        for ref in dict.fromkeys(refs):
+            model, mv = self.versions.get(ref)  # kept for its requests, whatever loads meanwhile
+            mine = [i for i, r in enumerate(refs) if r == ref]
+            proba = predict_proba(model, mv, pd.DataFrame(
+                {"text": [t for i in mine for t in requests[i]]}))
+            start = 0
+            for i in mine:
+                out[i] = answer(mv, proba[start:start + len(requests[i])])
+                start += len(requests[i])
         return out
 
-    async def classify(self, texts: list[str]) -> dict:
-        """Predictions for one request's texts (batched with concurrent requests)."""
-        return await self._batch(texts)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batch(self, requests: list[list[str]], refs: list[str | int | None]
+                     ) -> list[dict]:
+        return await asyncio.to_thread(self._predict, requests, refs)
+
+    async def classify(self, texts: list[str], ref: str | int | None = None) -> dict:
+        """Predictions for one request's texts by the version `ref` names (default: the
+        configured one), batched with concurrent requests."""
+        return await self._batch(texts, ref)
 
     def ready(self) -> dict:
         """The loaded model and this replica's id, for /readyz."""
-        return {"model": self.model_name, "version": self.loaded[1].version,
+        return {"model": self.model_name, "version": self.versions.get()[1].version,
                 "replica": serve.get_replica_context().replica_id.unique_id}

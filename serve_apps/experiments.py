@@ -8,6 +8,7 @@ no state, the same answer on every replica.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from serve_apps.follow import follow
@@ -15,6 +16,20 @@ from slipway.experiments.assignment import assign
 from slipway.experiments.config import Experiment, Variant
 from slipway.experiments.store import live, published
 from slipway.storage import Storage
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A request in an experiment: which, the variant that answers it, and the unit's id."""
+
+    experiment: Experiment
+    variant: Variant
+    unit: str
+
+    @property
+    def logged(self) -> tuple[str, str, str]:
+        """The prediction log's (experiment, variant, unit)."""
+        return self.experiment.name, self.variant.name, self.unit
 
 
 class Experiments:
@@ -30,16 +45,14 @@ class Experiments:
         now = datetime.now(timezone.utc)
         self.by_route = {e.route: e for e in published(self.storage) if live(e, now)}
 
-    def unit(self, route: str) -> str | None:
-        """The randomisation unit of the route's live experiment."""
+    def assign(self, route: str, units: dict[str, str | None],
+               attributes: dict[str, str | None]) -> Exposure | None:
+        """The route's live experiment and this request's variant, or None (no exposure: no
+        experiment, a request without the experiment's unit, not targeted). `units`: the
+        request's value of each unit kind (`user_id`, `api_key`)."""
         experiment = self.by_route.get(route)
-        return experiment.unit if experiment else None
-
-    def assign(self, route: str, unit: str, attributes: dict[str, str | None]
-               ) -> tuple[Experiment, Variant] | None:
-        """The route's live experiment and the unit's variant, or None (no exposure)."""
-        experiment = self.by_route.get(route)
-        if experiment is None:
+        unit = units.get(experiment.unit) if experiment else None
+        if unit is None:
             return None
         variant = assign(experiment, unit, attributes, datetime.now(timezone.utc))
-        return (experiment, variant) if variant else None
+        return Exposure(experiment, variant, unit) if variant else None

@@ -9,14 +9,18 @@ OpenAI-format chunks, or one response when not streaming), so a GPU cluster can 
 
 Adapters given as `registry:` references follow their alias (serve_apps/follow.py): a promoted
 adapter is loaded under a new LoRA id and answers new requests within `follow_interval_s`, while
-requests already running finish on the old one. The base model is pinned for the engine's life:
-a new base needs a redeploy.
+requests already running finish on the old one. A request may also name an adapter by registry
+reference (`articles_lora@3`, as experiment variants do): it is served under that name from then
+on. The base model is pinned for the engine's life: a new base needs a redeploy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +34,10 @@ from serve_apps.follow import follow
 from serve_apps.schemas import ChatRequest, CompletionRequest
 from serve_apps.settings import GeneratorSettings
 from slipway.models.hf import load_tokenizer
+from slipway.registry import RegistryError
 from slipway.storage import Storage, local_cache
+
+REFERENCE = re.compile(r"[A-Za-z0-9_-]+@[A-Za-z0-9_-]+")  # a registry NAME@REF
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_timeout_s=120,
@@ -50,6 +57,7 @@ class Generator:
         self.versions = {self.base_name: base_version.version if base_version else None}
         self.loras: dict[str, Any] = {}
         self._lora_ids = itertools.count(1)
+        self._resolving = threading.Lock()
         self._refresh_adapters()
         kwargs = dict(cfg.engine_kwargs)
         if self.loras:
@@ -65,22 +73,43 @@ class Generator:
         """(Re)resolve each adapter; one whose version moved gets a new LoRA id and path."""
         from vllm.lora.request import LoRARequest
 
-        loras, versions = dict(self.loras), dict(self.versions)
-        for name, ref in sorted(self.adapter_refs.items()):
-            if name in loras and not ref.startswith(REGISTRY_PREFIX):
-                continue  # a path or hub id does not move
-            path, mv = resolve(ref, self.storage)
-            version = mv.version if mv else None
-            if name not in loras or version != versions[name]:
-                loras[name] = LoRARequest(name, next(self._lora_ids), path)
-                versions[name] = version
-        self.loras, self.versions = loras, versions
+        with self._resolving:
+            loras, versions = dict(self.loras), dict(self.versions)
+            for name, ref in sorted(self.adapter_refs.items()):
+                if name in loras and not ref.startswith(REGISTRY_PREFIX):
+                    continue  # a path or hub id does not move
+                path, mv = resolve(ref, self.storage)
+                if mv is not None and mv.metadata.get("kind") != "lora_adapter":
+                    raise RegistryError(f"{ref} is a {mv.metadata.get('kind')}, not a LoRA "
+                                        "adapter")
+                version = mv.version if mv else None
+                if name not in loras or version != versions[name]:
+                    loras[name] = LoRARequest(name, next(self._lora_ids), path)
+                    versions[name] = version
+            self.loras, self.versions = loras, versions
+
+    async def _serve_reference(self, model: str) -> None:
+        """Serve a registry reference `NAME@REF` of an adapter (an experiment's variant, e.g.
+        `articles_lora@3`) as a model of that name from now on, followed like the configured
+        adapters; an unknown reference is a 404."""
+        if model in self.versions or not REFERENCE.fullmatch(model):
+            return  # a served name, or not a reference: `_generate` answers 404 if unknown
+        if not self.loras:
+            raise RequestError(400, f"model {model!r}: this engine serves no adapters; configure "
+                                    "one under generator.adapters to enable LoRA")
+        self.adapter_refs = {**self.adapter_refs, model: REGISTRY_PREFIX + model}
+        try:
+            await asyncio.to_thread(self._refresh_adapters)
+        except RegistryError as exc:
+            self.adapter_refs = {k: v for k, v in self.adapter_refs.items() if k != model}
+            raise RequestError(404, f"model {model!r}: {exc}") from None
 
     def models(self) -> list[dict]:
-        """Served models: the base and each adapter, with registry versions."""
+        """Served models: the base and each configured adapter, with registry versions (the
+        registry references requests named are served too, not listed)."""
         return [{"id": name, "object": "model", "owned_by": "slipway",
                  "root": self.base_name, "version": version}
-                for name, version in self.versions.items()]
+                for name, version in self.versions.items() if not REFERENCE.fullmatch(name)]
 
     def _prompt_ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -134,6 +163,7 @@ class Generator:
                        ) -> AsyncIterator[dict]:
         rid, created = f"{kind[:4]}-{uuid.uuid4().hex[:16]}", int(time.time())
         chat = kind == "chat"
+        await self._serve_reference(model)
         # The adapter and version a request starts with are the ones it finishes with.
         lora, version = self.loras.get(model), self.versions.get(model)
         async for text, finish, n_prompt, n_out in self._generate(model, lora, prompt, request):
@@ -165,4 +195,4 @@ class Generator:
 
     def ready(self) -> dict:
         """Served models, for /readyz."""
-        return {"models": sorted(self.versions)}
+        return {"models": sorted(m["id"] for m in self.models())}

@@ -11,7 +11,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,7 +30,7 @@ from llm.instructions import rag_prompt
 from serve_apps.auth import Gate
 from serve_apps.body_limit import BodyLimit
 from serve_apps.errors import RequestError, error_response
-from serve_apps.experiments import Experiments
+from serve_apps.experiments import Experiments, Exposure
 from serve_apps.metrics import RouteMetrics
 from serve_apps.prediction_log import PredictionLog, event_log
 from serve_apps.schemas import (
@@ -37,6 +38,7 @@ from serve_apps.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     CompletionRequest,
+    Context,
     EmbeddingRequest,
     EventsRequest,
     EventsResponse,
@@ -170,37 +172,29 @@ class Ingress:
 
     @app.post("/v1/classify", response_model=ClassifyResponse, **V1)
     async def classify(self, body: ClassifyRequest, request: Request) -> dict:
-        """Topic labels and probabilities for up to 64 texts."""
+        """Topic labels and probabilities for up to 64 texts (by the model version of the
+        caller's variant when an experiment runs on this route)."""
         start = time.perf_counter()
-        out = await call_with_retry(self.classifier.classify, body.texts)
+        exposure = self._exposure("/v1/classify", request, body.user_id, body.context)
+        with self._failures_logged(request, "/v1/classify", exposure, start):
+            out = await call_with_retry(self.classifier.classify, body.texts,
+                                        exposure.variant.ref if exposure else None)
         self._log(request, "/v1/classify", out["model"], out["version"], body.texts,
-                  out["predictions"], start)
-        return out
+                  out["predictions"], start, exposure)
+        return self._tagged(out, exposure)
 
     @app.post("/v1/rank", response_model=RankResponse, **V1)
     async def rank(self, body: RankRequest, request: Request) -> dict:
         """Candidate articles ordered by the user's predicted click probability (by the model
         of the user's variant when an experiment runs on this route)."""
         start = time.perf_counter()
-        unit = str(body.user_id) if self.experiments.unit("/v1/rank") == "user_id" \
-            else request.state.api_key
-        exposure = self.experiments.assign("/v1/rank", unit, body.context.model_dump())
-        ref = exposure[1].ref if exposure else "champion"
-        try:
-            out = await call_with_retry(self.ranker.rank, body.user_id, body.article_ids, ref)
-        except Exception:
-            if exposure:  # a failed exposure counts against its variant's error rate
-                self.log.record(request.state.request_id, "/v1/rank", request.state.api_key,
-                                exposure[1].model_name, "", [], [],
-                                (time.perf_counter() - start) * 1000, 503,
-                                (exposure[0].name, exposure[1].name, unit))
-            raise
-        if exposure:
-            out["experiment"], out["variant"] = exposure[0].name, exposure[1].name
+        exposure = self._exposure("/v1/rank", request, body.user_id, body.context)
+        with self._failures_logged(request, "/v1/rank", exposure, start):
+            out = await call_with_retry(self.ranker.rank, body.user_id, body.article_ids,
+                                        exposure.variant.ref if exposure else "champion")
         self._log(request, "/v1/rank", out["model"], out["version"], out.pop("features"),
-                  out["ranking"], start,
-                  (exposure[0].name, exposure[1].name, unit) if exposure else None)
-        return out
+                  out["ranking"], start, exposure)
+        return self._tagged(out, exposure)
 
     @app.post("/v1/events", response_model=EventsResponse, **V1)
     async def events(self, body: EventsRequest, request: Request) -> dict:
@@ -225,37 +219,45 @@ class Ingress:
         """Retrieve chunks, then answer from them with citations (SSE when `stream`). When the
         chunks do not fit the model's context, the lowest-ranked ones are left out."""
         start = time.perf_counter()
-        found = (await call_with_retry(self.retriever.retrieve, body.question, body.k))["chunks"]
-        model = body.model or self.settings.rag_model
-        while True:
-            completion = CompletionRequest(
-                model=model, max_tokens=body.max_tokens, temperature=0.0, stop=["\n"],
-                prompt=rag_prompt(body.question, [c["text"] for c in found]), stream=body.stream)
-            stream = self.generator.options(stream=True).completions.remote(completion)
-            try:
-                first = await stream.__anext__()
-                break
-            except RayTaskError as exc:
-                if not (isinstance(exc.cause, RequestError) and exc.cause.status == 400
-                        and len(found) > 1):
-                    raise
-                found = found[:-1]
+        exposure = self._exposure("/v1/rag", request, body.user_id, body.context)
+        model = exposure.variant.model if exposure else body.model or self.settings.rag_model
+        with self._failures_logged(request, "/v1/rag", exposure, start):
+            found = (await call_with_retry(self.retriever.retrieve, body.question,
+                                           body.k))["chunks"]
+            while True:
+                completion = CompletionRequest(
+                    model=model, max_tokens=body.max_tokens, temperature=0.0, stop=["\n"],
+                    prompt=rag_prompt(body.question, [c["text"] for c in found]),
+                    stream=body.stream)
+                stream = self.generator.options(stream=True).completions.remote(completion)
+                try:
+                    first = await stream.__anext__()
+                    break
+                except RayTaskError as exc:
+                    if not (isinstance(exc.cause, RequestError) and exc.cause.status == 400
+                            and len(found) > 1):
+                        raise
+                    found = found[:-1]
         citations = [{"number": i, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"],
                       "title": c["title"], "score": c["score"]} for i, c in enumerate(found, 1)]
         request.state.model = model
-        if body.stream:
+        if body.stream:  # logged as it starts: the answer goes to the client as it comes
+            self._log(request, "/v1/rag", model, "", body.model_dump(),
+                      {"answer": None, "chunks": [c["chunk_id"] for c in found]}, start, exposure)
+
             async def rest() -> AsyncIterator[dict]:
                 yield {"delta": first["choices"][0]["text"]}
                 async for chunk in stream:
                     yield {"delta": chunk["choices"][0]["text"]}
-            return _sse({"model": model, "citations": citations}, rest())
+            return _sse(self._tagged({"model": model, "citations": citations}, exposure),
+                        rest())
         answer = first["choices"][0]["text"].strip()
         for citation, chunk in zip(citations, found, strict=True):
             citation["support"] = faithfulness(answer, chunk["text"])
         self._log(request, "/v1/rag", model, first["version"], body.model_dump(),
-                  {"answer": answer, "chunks": [c["chunk_id"] for c in found]}, start)
-        return {"answer": answer, "model": model, "citations": citations,
-                "usage": first["usage"]}
+                  {"answer": answer, "chunks": [c["chunk_id"] for c in found]}, start, exposure)
+        return self._tagged({"answer": answer, "model": model, "citations": citations,
+                             "usage": first["usage"]}, exposure)
 
     async def _openai(self, method: str, body: Any, request: Request, route: str) -> Any:
         start = time.perf_counter()
@@ -320,8 +322,37 @@ class Ingress:
                 status[name], code = {"error": f"{type(exc).__name__}: {exc}"[:300]}, 503
         return JSONResponse({"ready": code == 200, **status}, status_code=code)
 
+    def _exposure(self, route: str, request: Request, user_id: int | None, context: Context
+                  ) -> Exposure | None:
+        """The request's experiment and variant on `route`, if it is in one."""
+        units = {"api_key": request.state.api_key,
+                 "user_id": None if user_id is None else str(user_id)}
+        return self.experiments.assign(route, units, context.model_dump())
+
+    @contextmanager
+    def _failures_logged(self, request: Request, route: str, exposure: Exposure | None,
+                         start: float) -> Iterator[None]:
+        """A failed exposure is logged (status 503): it counts against its variant's error
+        rate."""
+        try:
+            yield
+        except Exception:
+            if exposure:
+                self.log.record(request.state.request_id, route, request.state.api_key,
+                                exposure.variant.model_name, "", [], [],
+                                (time.perf_counter() - start) * 1000, 503, exposure.logged)
+            raise
+
+    @staticmethod
+    def _tagged(out: dict, exposure: Exposure | None) -> dict:
+        """The answer with its experiment and variant (None outside any)."""
+        if exposure:
+            out["experiment"], out["variant"] = exposure.experiment.name, exposure.variant.name
+        return out
+
     def _log(self, request: Request, route: str, model: str, version: Any, inputs: Any,
-             output: Any, start: float, exposure: tuple[str, str, str] | None = None) -> None:
+             output: Any, start: float, exposure: Exposure | None = None) -> None:
         request.state.model = model
         self.log.record(request.state.request_id, route, request.state.api_key, model, version,
-                        inputs, output, (time.perf_counter() - start) * 1000, 200, exposure)
+                        inputs, output, (time.perf_counter() - start) * 1000, 200,
+                        exposure.logged if exposure else None)

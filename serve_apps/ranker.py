@@ -4,16 +4,17 @@ Features come from the Feast online store (SQLite or Redis, as configured) throu
 `engagement` feature service: the same definitions that built the model's training set, and the
 same preprocessing stored with the model version. The champion alias is followed
 (serve_apps/follow.py): a promotion or rollback is served within the app's `follow_interval_s`.
+Experiment variants' versions are held beside it (serve_apps/versions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from ray import serve
 
 from serve_apps.follow import follow
+from serve_apps.versions import Versions
 from slipway.features.store import FeatureStoreSettings, online_features, open_store
 from slipway.models.engagement import features_found
 from slipway.models.scoring import predict_proba
@@ -29,35 +30,14 @@ class Ranker:
     def __init__(self, storage_root: str, model_name: str, feature_store: dict,
                  follow_interval_s: float) -> None:
         storage = Storage(storage_root)
-        self.registry, self.model_name = Registry(storage), model_name
-        # Loaded versions by the reference requests use: the champion, and the versions
-        # experiment variants name (`engagement@7`), side by side in this replica.
-        self.loaded = {"champion": self.registry.load(model_name, "champion")}
-        self._loading = threading.Lock()
+        # The champion, and the versions experiment variants name (`engagement@7`), side by
+        # side in this replica.
+        self.versions = Versions(Registry(storage), model_name)
         self.store = open_store(FeatureStoreSettings(**feature_store), storage)
-        follow(self._refresh, follow_interval_s, f"ranker {model_name}")
-
-    def _refresh(self) -> None:
-        """Load again each alias whose version moved (a promoted champion): one read of the
-        aliases; a numbered version never moves."""
-        aliases = self.registry.aliases(self.model_name)
-        with self._loading:
-            moved = {ref: self.registry.load(self.model_name, ref)
-                     for ref, (_, mv) in self.loaded.items()
-                     if isinstance(ref, str) and aliases.get(ref) != mv.version}
-            if moved:
-                self.loaded = {**self.loaded, **moved}
-
-    def _model(self, ref: str | int) -> tuple:
-        """The (model, version) `ref` names, loaded on its first request."""
-        if ref not in self.loaded:
-            with self._loading:
-                if ref not in self.loaded:
-                    self.loaded = {**self.loaded, ref: self.registry.load(self.model_name, ref)}
-        return self.loaded[ref]
+        follow(self.versions.refresh, follow_interval_s, f"ranker {model_name}")
 
     def _rank(self, user_id: int, article_ids: list[int], ref: str | int) -> dict:
-        model, version = self._model(ref)  # one version for the whole request
+        model, version = self.versions.get(ref)  # one version for the whole request
         rows = [{"user_id": user_id, "article_id": a} for a in article_ids]
         features = online_features(self.store, rows)
         scores = predict_proba(model, version, features)
@@ -77,5 +57,5 @@ class Ranker:
 
     def ready(self) -> dict:
         """The loaded champion, for /readyz."""
-        _, version = self.loaded["champion"]
+        _, version = self.versions.get()
         return {"model": version.name, "version": version.version}

@@ -50,8 +50,18 @@ class OpenAIBody(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+class Context(Strict):
+    """Who is asking, for experiment targeting."""
+
+    country: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    device: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+
+
 class ClassifyRequest(Strict):
     texts: list[Text] = Field(min_length=1, max_length=64, description="texts to classify")
+    user_id: EntityId | None = Field(default=None, description="who asks, when an experiment "
+                                                                 "randomises users")
+    context: Context = Context()
 
     @field_validator("texts")
     @classmethod
@@ -68,13 +78,8 @@ class ClassifyResponse(BaseModel):
     model: str
     version: int
     predictions: list[Prediction]
-
-
-class Context(Strict):
-    """Who is asking, for experiment targeting."""
-
-    country: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
-    device: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    experiment: str | None = Field(default=None, description="the experiment this answer is in")
+    variant: str | None = Field(default=None, description="its variant (None: not in one)")
 
 
 class RankRequest(Strict):
@@ -155,8 +160,12 @@ class RagRequest(Strict):
     question: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     k: int = Field(default=3, ge=1, le=10)
     max_tokens: int = Field(default=48, ge=1, le=256)
-    model: str | None = Field(default=None, description="served model; default: the app's")
+    model: str | None = Field(default=None, description="served model; default: the app's "
+                                                         "(an experiment's variant overrides)")
     stream: bool = False
+    user_id: EntityId | None = Field(default=None, description="who asks, when an experiment "
+                                                                 "randomises users")
+    context: Context = Context()
 
     _question = field_validator("question")(_not_blank)
 
@@ -174,6 +183,8 @@ class RagResponse(BaseModel):
     answer: str
     model: str
     citations: list[Citation]
+    experiment: str | None = Field(default=None, description="the experiment this answer is in")
+    variant: str | None = Field(default=None, description="its variant (None: not in one)")
     usage: dict[str, int]
 
 

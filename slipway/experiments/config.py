@@ -1,7 +1,9 @@
 """An experiment's declaration (`configs/experiments/*.yaml`), validated by pydantic.
 
 The first variant is the control. Each variant names what answers for it: a registry reference
-`NAME@REF` of the route's model (`engagement@champion`, `engagement@7`). Weights sum to 1; a
+`NAME@REF` of the route's model: the ranker (`engagement@champion`, `engagement@7`) on /v1/rank,
+the text classifier (`article_topic@3`) on /v1/classify, a generator adapter
+(`articles_lora@champion`) on /v1/rag. Weights sum to 1; a
 non-control variant owns a fixed slot of the bucket space (see `assignment`), so it can take at
 most 1/(variants - 1) of the traffic.
 """
@@ -16,7 +18,8 @@ from slipway.config import StrictModel, UtcDatetime
 
 NAME = r"^[A-Za-z0-9_-]+$"
 # The randomisation unit each route may use: a field of its request, or the API key's name.
-UNITS = {"/v1/rank": ("user_id", "api_key")}
+UNITS = {"/v1/rank": ("user_id", "api_key"), "/v1/classify": ("api_key", "user_id"),
+         "/v1/rag": ("api_key", "user_id")}
 # Per-unit metrics from the outcome events: (numerator event, denominator event or None).
 METRICS: dict[str, tuple[str, str | None]] = {
     "clicks": ("click", None),
@@ -78,8 +81,9 @@ class Experiment(StrictModel):
     """An A/B(/n) test on one route."""
 
     name: str = Field(pattern=NAME)
-    route: Literal["/v1/rank"]
-    unit: str = Field(default="user_id", description="randomisation unit (UNITS per route)")
+    route: Literal["/v1/rank", "/v1/classify", "/v1/rag"]
+    unit: str = Field(default="user_id", description="randomisation unit (UNITS per route); a "
+                                                     "request without it is not an exposure")
     salt: str | None = Field(default=None, description="assignment salt (default: the name)")
     variants: list[Variant] = Field(min_length=2)
     start: UtcDatetime

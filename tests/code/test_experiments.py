@@ -70,6 +70,7 @@ def test_two_experiments_assign_independently_and_targeting_and_kill_switch_send
      "variants.0.model", "not NAME@REF"),
     ({"primary_metric": "revenue"}, "primary_metric", "unknown metric"),
     ({"unit": "session"}, "unit", "cannot randomise /v1/rank"),
+    ({"route": "/v1/retrieve"}, "route", "'/v1/rank', '/v1/classify' or '/v1/rag'"),
     ({"end": "2026-02-01T00:00:00Z"}, "end", "after start"),
 ])
 def test_a_bad_declaration_names_the_field_and_the_fix(change, field, words):

@@ -8,6 +8,7 @@ import glob
 
 import pandas as pd
 import pytest
+import torch
 from fastapi import HTTPException
 from pydantic import ValidationError
 
@@ -15,7 +16,10 @@ from serve_apps.auth import Bucket, Gate, load_keys
 from serve_apps.prediction_log import PredictionLog
 from serve_apps.schemas import ClassifyRequest, CompletionRequest, RankRequest
 from serve_apps.settings import AppSettings, AuthSettings, LoggingSettings
+from serve_apps.versions import Versions
+from slipway.registry import Registry
 from slipway.storage import Storage
+from tests.code.test_registry import TinyNet
 
 LABELED = [{"label": "a", "probabilities": {"a": 0.75, "b": 0.25}}]  # a one-text classify answer
 
@@ -212,3 +216,26 @@ def test_the_monitor_reads_typed_log_columns_item_by_item(tmp_path):
     assert classify[["request_id", "position", "text", "prediction", "confidence"]
                     ].values.tolist() == [["c0", 0, "a b", "x", 0.6], ["c0", 1, "c", "y", 0.9],
                                           ["c1", 0, "d", "x", 0.7]]
+
+
+def test_versions_follow_a_moved_alias_keep_numbers_and_evict_the_least_recently_used(tmp_path):
+    registry = Registry(Storage(str(tmp_path)))
+    nets = [TinyNet(2) for _ in range(5)]
+    for net in nets:
+        registry.register("m", net.state_dict(), "TinyNet", {"width": 2})
+    registry.set_alias("m", "champion", 1)
+    versions = Versions(registry, "m", capacity=3)
+
+    def weight(ref=None):
+        return versions.get(ref)[0].layer.weight
+
+    assert torch.equal(weight(), nets[0].layer.weight)
+    assert torch.equal(weight(4), nets[3].layer.weight) and versions.get(4)[1].version == 4
+    registry.set_alias("m", "champion", 2)
+    versions.refresh()  # the alias moved: reloaded; a number never moves
+    assert torch.equal(weight(), nets[1].layer.weight) and versions.get(4)[1].version == 4
+    weight(3)
+    weight(4)  # 3 is now the least recently used non-default reference
+    weight(5)
+    assert set(versions.loaded) == {"champion", 4, 5}  # the default is never evicted
+    assert torch.equal(weight(3), nets[2].layer.weight)  # loaded again when asked

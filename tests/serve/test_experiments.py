@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -21,19 +22,23 @@ from slipway.experiments.events import read_events
 from slipway.predictions import read_log
 from slipway.registry import Registry
 from slipway.storage import Storage
+from tests.model.test_llm import noop_adapter
 from tests.serve.conftest import KEYS
 
 
-def register_copy(registry: Registry, invert: bool) -> int:
-    """The champion ranker registered again; `invert` negates its output layer, so it ranks
-    the likeliest clicks last."""
-    model, champion = registry.load("engagement", "champion")
+def register_copy(registry: Registry, invert: bool, name: str = "engagement",
+                  change=None) -> int:
+    """The champion registered again; `invert` negates its output layer (a ranker then ranks
+    the likeliest clicks last); `change(weight, bias)` returns a new output layer."""
+    model, champion = registry.load(name, "champion")
     state = model.state_dict()
+    *_, weight, bias = state
     if invert:
-        *_, weight, bias = state
         state[weight], state[bias] = -state[weight], -state[bias]
+    if change:
+        state[weight], state[bias] = change(state[weight], state[bias])
     arch = champion.metadata["architecture"]
-    return registry.register("engagement", state, arch["name"], arch["params"],
+    return registry.register(name, state, arch["name"], arch["params"],
                              **champion.recorded).version
 
 
@@ -90,15 +95,15 @@ def test_a_better_ranker_wins_on_simulated_users_and_ships_with_sticky_variants(
         assert all(len(variants) == 1 for variants in seen.values())
         assert {v for variants in seen.values() for v in variants} == {"control", "better"}
         monkeypatch.setenv("SLIPWAY_TEST_KEY", KEYS["tester"])
-        sent = simulate_job(SimulateConfig(storage=cfg.storage, url=base_url, visits=600,
+        sent = simulate_job(SimulateConfig(storage=cfg.storage, url=base_url, visits=400,
                                            api_key_env="SLIPWAY_TEST_KEY", seed=3))
         # The good ranker earns more clicks per visit from the same population, for real.
         assert (sent["clicks:better"] / sent["visits:better"]
                 > 1.5 * sent["clicks:control"] / sent["visits:control"])
-        visits = 1 + 20 * 3 + 600
+        visits = 1 + 20 * 3 + 400
         poll(lambda: read_log(storage, "/v1/rank", experiment=name).num_rows == visits,
              "every exposure is logged once")
-        poll(lambda: stored_events(storage, name) >= 600 * 3, "the impressions are stored")
+        poll(lambda: stored_events(storage, name) >= 400 * 3, "the impressions are stored")
         summary = analyze_job(cfg)
         assert summary["decision"] == "ship" and summary["winner"] == "better"
         assert summary["units_with_several_variants"] == 0 and not summary["srm"]["flagged"]
@@ -122,11 +127,11 @@ def test_a_better_ranker_wins_on_simulated_users_and_ships_with_sticky_variants(
         aa.experiment.variants[1].model = f"engagement@{same}"
         publish_job(aa)
         poll(lambda: rank(api, 1)["experiment"] == aa.experiment.name, "the A/A is followed")
-        simulate_job(SimulateConfig(storage=cfg.storage, url=base_url, visits=400,
+        simulate_job(SimulateConfig(storage=cfg.storage, url=base_url, visits=300,
                                     api_key_env="SLIPWAY_TEST_KEY", seed=4))
         poll(lambda: read_log(storage, "/v1/rank", experiment=aa.experiment.name).num_rows
-             == 401, "the A/A exposures are logged")
-        poll(lambda: stored_events(storage, aa.experiment.name) >= 400 * 3,
+             == 301, "the A/A exposures are logged")
+        poll(lambda: stored_events(storage, aa.experiment.name) >= 300 * 3,
              "the A/A impressions are stored")
         summary = analyze_job(aa)
         assert summary["decision"] == "keep running" and summary["winner"] is None
@@ -168,3 +173,95 @@ def test_malformed_events_get_422_naming_the_field_and_lose_nothing(api, platfor
 
     poll(lambda: len(stored()) >= 2, "the good batch is stored")
     assert stored() == ["click", "impression"]  # all of it, once
+
+
+def experiment_on(route: str, name: str, model: str, control: int, treatment: int,
+                  root: str) -> ExperimentConfig:
+    """A live 50/50 experiment on `route` over two versions of `model`, randomised by user."""
+    now = datetime.now(timezone.utc)
+    return ExperimentConfig.model_validate({
+        "storage": {"root": root}, "tracking": {"mode": "offline"}, "experiment": {
+            "name": name, "route": route, "unit": "user_id", "salt": "variants-fixed",
+            "start": now - timedelta(hours=1), "end": now + timedelta(hours=1),
+            "variants": [{"name": "control", "model": f"{model}@{control}", "weight": 0.5},
+                         {"name": "other", "model": f"{model}@{treatment}", "weight": 0.5}]}})
+
+
+def test_classify_and_rag_variants_answer_from_their_own_versions_under_concurrent_load(
+        api, base_url, platform_root, tmp_path):
+    storage = Storage(platform_root)
+    registry = Registry(storage)
+    texts = ["Officials linked the vaccine to fewer cases", "The coach praised the team"]
+    plain = api.post("/v1/classify", json={"texts": texts}).json()  # outside any experiment
+    labels = list(plain["predictions"][0]["probabilities"])
+    # A copy whose class scores are rolled by one: label j gets what label j+1 had.
+    rolled = register_copy(registry, False, "article_topic",
+                           lambda w, b: (w.roll(-1, 0), b.roll(-1, 0)))
+    adapter = registry.get("articles_lora", "champion")
+    noop = noop_adapter(platform_root, adapter, tmp_path).version  # answers as its base does
+    tag = uuid.uuid4().hex[:6]
+    classify_exp = experiment_on("/v1/classify", f"cls-{tag}", "article_topic",
+                                 plain["version"], rolled, platform_root)
+    rag_exp = experiment_on("/v1/rag", f"rag-{tag}", "articles_lora", adapter.version, noop,
+                            platform_root)
+    try:
+        for cfg in (classify_exp, rag_exp):
+            publish_job(cfg)
+        poll(lambda: api.post("/v1/classify", json={"texts": texts, "user_id": 1}).json()
+             .get("experiment") == classify_exp.experiment.name, "the classify experiment")
+        # Concurrent requests of both variants share the classifier's dynamic batches; each is
+        # answered by its own variant's version.
+        users = list(range(2, 42))
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda u: api.post("/v1/classify", json={
+                "texts": texts, "user_id": u}).json(), users))
+        assert {a["variant"] for a in answers} == {"control", "other"}
+        for a in answers:
+            if a["variant"] == "control":
+                assert a["version"] == plain["version"]
+                expected = [p["probabilities"] for p in plain["predictions"]]
+            else:
+                assert a["version"] == rolled
+                expected = [{label: p["probabilities"][labels[(j + 1) % len(labels)]]
+                             for j, label in enumerate(labels)} for p in plain["predictions"]]
+            for got, want in zip(a["predictions"], expected, strict=True):
+                assert got["probabilities"] == pytest.approx(want, abs=1e-5)
+        def exposures() -> list[tuple[str, str]]:  # the polling user 1 left out
+            t = read_log(storage, "/v1/classify", experiment=classify_exp.experiment.name)
+            return sorted((u, v) for u, v in zip(t["unit"].to_pylist(), t["variant"].to_pylist(),
+                                                 strict=True) if u != "1")
+
+        want = sorted((str(u), a["variant"]) for u, a in zip(users, answers, strict=True))
+        poll(lambda: exposures() == want, "each classify exposure is logged once, as answered")
+
+        # /v1/rag: each variant's adapter answers (by registry reference); the zeroed copy
+        # answers exactly as the base model does, the control as the served adapter does.
+        question = {"question": "What did officials say about the vaccine?", "k": 2,
+                    "max_tokens": 12}
+        served = api.post("/v1/rag", json={**question, "model": "articles_lora"}).json()
+        base = api.post("/v1/rag", json={**question, "model": "base_lm"}).json()
+        assert served["answer"] != base["answer"]  # the adapter changes the answer
+        seen = {}
+        for user in range(1, 40):
+            reply = poll(lambda u=user: api.post("/v1/rag", json={**question, "user_id": u})
+                         .json(), "a rag answer")
+            if reply["experiment"] == rag_exp.experiment.name:
+                seen.setdefault(reply["variant"], reply)
+            if len(seen) == 2:
+                break
+        assert seen["control"]["model"] == f"articles_lora@{adapter.version}"
+        assert seen["control"]["answer"] == served["answer"]
+        assert seen["other"]["model"] == f"articles_lora@{noop}"
+        assert seen["other"]["answer"] == base["answer"]
+        # A reference that is no adapter is refused, naming what it is.
+        for model, words in (("articles_lora@999", "no version 999"),
+                             ("base_lm@1", "not a LoRA adapter")):
+            reply = api.post("/v1/completions", json={"model": model, "prompt": "x",
+                                                      "max_tokens": 2})
+            assert reply.status_code == 404 and words in reply.json()["error"]["message"]
+    finally:
+        for cfg in (classify_exp, rag_exp):
+            cfg.experiment.killed = True
+            publish_job(cfg)
+    poll(lambda: api.post("/v1/classify", json={"texts": texts, "user_id": 1}).json()
+         .get("experiment") is None, "the kill switch applies")
