@@ -1,0 +1,1 @@
+"""Labeling: annotation quality (agreement, annotator quality, consensus) and label issues."""

@@ -1,0 +1,129 @@
+"""Label quality on real text (this machine's manual-page summaries, labelled by section):
+agreement statistics against their textbook formulas, CROWDLAB's consensus against majority vote
+with simulated annotators of known noise, and injected label errors found by cleanlab."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from slipway.data.man_pages import man_page_summaries, summary
+from slipway.errors import SlipwayError
+from slipway.labeling.issues import label_issues, out_of_fold_probabilities
+from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
+
+NOISE = {"careful": 0.05, "average": 0.15, "sloppy": 0.40}
+
+
+@pytest.fixture(scope="module")
+def pages():
+    """600 summaries, 120 per section, as text features (TF-IDF) and class indices."""
+    df = man_page_summaries(120, seed=0)
+    classes = sorted(df["label"].unique())
+    features = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)).fit_transform(df["text"])
+    return df, classes, features, df["label"].map(classes.index).to_numpy()
+
+
+def flipped(truth: np.ndarray, rate: float, n_classes: int, rng) -> np.ndarray:
+    """`truth` with a `rate` share of labels changed to another class at random."""
+    flip = rng.random(len(truth)) < rate
+    return np.where(flip, (truth + rng.integers(1, n_classes, len(truth))) % n_classes, truth)
+
+
+def annotate(truth: np.ndarray, classes: list[str], seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.concat([pd.DataFrame({"item": np.arange(len(truth)), "annotator": name,
+                                    "label": np.asarray(classes)[flipped(truth, rate,
+                                                                         len(classes), rng)]})
+                      for name, rate in NOISE.items()], ignore_index=True)
+
+
+def test_summaries_are_read_from_man_and_mdoc_pages():
+    man = '.TH LS 1\n.SH "NAME"\nls \\- list \\fBdirectory\\fR contents\n.SH SYNOPSIS\n'
+    assert summary(man) == "list directory contents"
+    assert summary(".Dd May 1\n.Nm cat\n.Nd concatenate and print files\n") == \
+        "concatenate and print files"
+    assert summary(".TH X 1\n.SH NAME\nx \\- y\n") is None  # too short to be a summary
+
+
+def test_agreement_statistics_match_their_textbook_formulas():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 80)
+    classes = ["a", "b", "c"]
+    annotations = annotate(truth, classes, seed=2)
+    matrix = label_matrix(annotations, classes)
+    stats = agreement(matrix, classes)
+    codes = matrix.to_numpy(int)
+    for (i, a), (j, b) in combinations(enumerate(matrix.columns), 2):  # Cohen: (po - pe)/(1 - pe)
+        po = np.mean(codes[:, i] == codes[:, j])
+        pe = sum(np.mean(codes[:, i] == k) * np.mean(codes[:, j] == k) for k in range(3))
+        assert stats["cohen_kappa"][f"{a}|{b}"] == pytest.approx((po - pe) / (1 - pe))
+    counts = np.stack([(codes == k).sum(axis=1) for k in range(3)], axis=1)  # items x classes
+    n = codes.shape[1]  # Fleiss: mean pairwise agreement per item against chance
+    p_item = ((counts * (counts - 1)).sum(axis=1) / (n * (n - 1))).mean()
+    p_chance = ((counts.sum(axis=0) / counts.sum()) ** 2).sum()
+    assert stats["fleiss_kappa"] == pytest.approx((p_item - p_chance) / (1 - p_chance))
+    # Krippendorff (nominal, no missing values): 1 - observed / expected disagreement from the
+    # coincidence matrix.
+    coincidence = np.zeros((3, 3))
+    for row in codes:
+        for x, y in combinations(range(n), 2):
+            coincidence[row[x], row[y]] += 1 / (n - 1)  # each ordered pair of values
+            coincidence[row[y], row[x]] += 1 / (n - 1)
+    totals, total = coincidence.sum(axis=1), coincidence.sum()
+    observed = coincidence.sum() - np.trace(coincidence)
+    expected = (totals.sum() ** 2 - (totals ** 2).sum()) / (total - 1)
+    assert stats["krippendorff_alpha"] == pytest.approx(1 - observed / expected)
+
+
+def test_crowdlab_beats_majority_vote_and_ranks_the_annotators_on_real_text(pages):
+    df, classes, features, truth = pages
+    annotations = annotate(truth, classes, seed=0)
+    matrix = label_matrix(annotations, classes)
+    majority = matrix.mode(axis=1)[0].to_numpy(int)
+    # The model CROWDLAB weighs in was trained, out of fold, on the majority labels only.
+    result = consensus(matrix, out_of_fold_probabilities(features, majority))
+    crowdlab = np.mean(result.items["label"].to_numpy() == truth)
+    vote = np.mean(result.items["majority"].to_numpy() == truth)
+    assert crowdlab >= vote > 0.9
+    quality = result.annotators["quality"]
+    assert quality["careful"] > quality["average"] > quality["sloppy"]
+    # Items whose consensus is weak are where its mistakes gather: worth another label.
+    weak = result.weak(0.5)
+    wrong = result.items["label"].to_numpy() != truth
+    assert 0 < len(weak) < len(truth) and wrong[matrix.index.get_indexer(weak)].mean() > \
+        2 * wrong.mean()
+    # Gold items score each annotator as the share they got right.
+    gold = pd.Series(np.asarray(classes)[truth[:100]], index=range(100))
+    accuracy = gold_accuracy(annotations, gold)
+    for name in NOISE:
+        mine = annotations[(annotations["annotator"] == name) & (annotations["item"] < 100)]
+        assert accuracy[name] == pytest.approx(np.mean(mine["label"].to_numpy() == gold.values))
+
+
+def test_injected_label_errors_are_found_far_above_chance(pages):
+    df, classes, features, truth = pages
+    rng = np.random.default_rng(3)
+    noisy = flipped(truth, 0.10, len(classes), rng)
+    injected = set(np.flatnonzero(noisy != truth))
+    issues = label_issues(noisy, out_of_fold_probabilities(features, noisy), classes)
+    found = set(issues["row"])
+    precision, recall = len(found & injected) / len(found), len(found & injected) / len(injected)
+    # Reviewing as many random rows would find injected errors at their share (about 10%).
+    assert precision > 2.5 * len(injected) / len(truth) and recall > 0.6
+    assert issues["quality"].is_monotonic_increasing  # likeliest mistakes first
+    assert set(issues["given"]) <= set(classes) and (issues["given"] != issues["suggested"]).any()
+
+
+def test_a_label_outside_the_set_or_a_repeated_annotation_names_the_item():
+    classes = ["a", "b"]
+    bad = pd.DataFrame({"item": [1, 2], "annotator": ["x", "x"], "label": ["a", "zzz"]})
+    with pytest.raises(SlipwayError, match=r"item 2: label 'zzz' by x is not in the label set"):
+        label_matrix(bad, classes)
+    twice = pd.DataFrame({"item": [1, 1], "annotator": ["x", "x"], "label": ["a", "b"]})
+    with pytest.raises(SlipwayError, match="item 1: x labelled it more than once"):
+        label_matrix(twice, classes)
