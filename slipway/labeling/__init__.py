@@ -1,1 +1,2 @@
-"""Labeling: annotation quality (agreement, annotator quality, consensus) and label issues."""
+"""Labeling: what to label next, annotation quality (agreement, annotator quality, consensus) and
+label issues."""

@@ -9,12 +9,15 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import entropy
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 
 from slipway.data.man_pages import man_page_summaries, summary
 from slipway.errors import SlipwayError
 from slipway.labeling.issues import label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
+from slipway.labeling.selection import SelectionSettings, select, uncertainty
 
 NOISE = {"careful": 0.05, "average": 0.15, "sloppy": 0.40}
 
@@ -127,3 +130,51 @@ def test_a_label_outside_the_set_or_a_repeated_annotation_names_the_item():
     twice = pd.DataFrame({"item": [1, 1], "annotator": ["x", "x"], "label": ["a", "b"]})
     with pytest.raises(SlipwayError, match="item 1: x labelled it more than once"):
         label_matrix(twice, classes)
+
+
+def test_selection_spends_the_budget_on_gold_relabels_and_diverse_uncertain_items(pages):
+    df, classes, features, truth = pages
+    # A model trained on 200 labelled summaries scores the other 400, the pool; ten copies of
+    # each of its five most uncertain items are planted in the pool (near-duplicate traffic).
+    order = np.random.default_rng(5).permutation(len(truth))
+    known, pool = order[:200], order[200:]
+    model = LogisticRegression(max_iter=2000).fit(features[known], truth[known])
+    probs = model.predict_proba(features[pool])
+    margin = uncertainty(probs, "margin")
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    assert np.allclose(margin, 1 - top2[:, 1] + top2[:, 0])
+    assert np.allclose(uncertainty(probs, "entropy"), entropy(probs.T) / np.log(len(classes)))
+    dense = features[pool].toarray()
+    worst = np.argsort(-margin)[:5]
+    items = np.concatenate([pool, np.arange(10_000, 10_050)])
+    pool_probs = np.concatenate([probs, np.repeat(probs[worst], 10, axis=0)])
+    pool_x = np.concatenate([dense, np.repeat(dense[worst], 10, axis=0)])
+    copies = {pool[w]: set(range(10_000 + 10 * k, 10_010 + 10 * k)) for k, w in enumerate(worst)}
+    # Two annotators on the labelled 200: they disagree on the first 20 items.
+    rng = np.random.default_rng(0)
+    second = truth[known].copy()
+    second[:20] = (second[:20] + rng.integers(1, len(classes), 20)) % len(classes)
+    labelled = pd.DataFrame({"x": truth[known], "y": second}, index=known).astype(float)
+    in_flight = set(pool[:60])
+    settings = SelectionSettings(budget=50, relabel_share=0.2, gold_share=0.1)
+    picked = select(items, pool_probs, pool_x, settings, exclude=in_flight, labelled=labelled,
+                    labelled_probs=out_of_fold_probabilities(features[known], truth[known]),
+                    gold=known[100:])
+    reasons = picked["reason"].value_counts().to_dict()
+    assert len(picked) == 50 and reasons == {"gold": 5, "relabel": 10, "uncertain": 35}
+    assert picked["item"].is_unique and not set(picked["item"]) & in_flight
+    assert set(picked.loc[picked["reason"] == "gold", "item"]) <= set(known[100:])
+    # Another label goes first to the items the two annotators disagree on.
+    assert set(picked.loc[picked["reason"] == "relabel", "item"]) <= set(known[:20])
+    # Uncertain picks: most uncertain first, but at most one of each group of copies, where
+    # the 35 most uncertain items of the pool would be almost all copies.
+    uncertain = picked[picked["reason"] == "uncertain"]
+    assert uncertain["score"].is_monotonic_decreasing
+    for original, group in copies.items():
+        assert len(({original} | group) & set(uncertain["item"])) <= 1
+    by_score = items[np.argsort(-uncertainty(pool_probs, "margin"), kind="stable")][:35]
+    assert sum(i >= 10_000 for i in by_score) >= 30
+    # The next round never sends again what is in flight.
+    again = select(items, pool_probs, pool_x, settings,
+                   exclude=in_flight | set(picked["item"]), gold=known[100:])
+    assert not set(again["item"]) & (in_flight | set(picked["item"]))
