@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE ?= 1
 # DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab clean
+.PHONY: setup demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab bench-labeling clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -108,6 +108,9 @@ bench-drift: setup
 
 bench-ab: setup
 	$(BIN)/python -m benchmarks.ab
+
+bench-labeling: setup
+	$(BIN)/python -m benchmarks.labeling
 
 clean:
 	rm -rf $(ROOT) $(DRIFTED)

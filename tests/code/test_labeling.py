@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 
 from slipway.data.man_pages import man_page_summaries, summary
 from slipway.errors import SlipwayError
+from slipway.labeling import simulated
 from slipway.labeling.issues import label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
 from slipway.labeling.selection import SelectionSettings, select, uncertainty
@@ -31,18 +32,8 @@ def pages():
     return df, classes, features, df["label"].map(classes.index).to_numpy()
 
 
-def flipped(truth: np.ndarray, rate: float, n_classes: int, rng) -> np.ndarray:
-    """`truth` with a `rate` share of labels changed to another class at random."""
-    flip = rng.random(len(truth)) < rate
-    return np.where(flip, (truth + rng.integers(1, n_classes, len(truth))) % n_classes, truth)
-
-
 def annotate(truth: np.ndarray, classes: list[str], seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.concat([pd.DataFrame({"item": np.arange(len(truth)), "annotator": name,
-                                    "label": np.asarray(classes)[flipped(truth, rate,
-                                                                         len(classes), rng)]})
-                      for name, rate in NOISE.items()], ignore_index=True)
+    return simulated.annotate(np.arange(len(truth)), truth, classes, NOISE, seed)
 
 
 def test_summaries_are_read_from_man_and_mdoc_pages():
@@ -111,7 +102,7 @@ def test_crowdlab_beats_majority_vote_and_ranks_the_annotators_on_real_text(page
 def test_injected_label_errors_are_found_far_above_chance(pages):
     df, classes, features, truth = pages
     rng = np.random.default_rng(3)
-    noisy = flipped(truth, 0.10, len(classes), rng)
+    noisy = simulated.flipped(truth, 0.10, len(classes), rng)
     injected = set(np.flatnonzero(noisy != truth))
     issues = label_issues(noisy, out_of_fold_probabilities(features, noisy), classes)
     found = set(issues["row"])
