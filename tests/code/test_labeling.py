@@ -4,7 +4,9 @@ with simulated annotators of known noise, and injected label errors found by cle
 
 from __future__ import annotations
 
+import json
 from itertools import combinations
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from slipway.labeling import simulated
 from slipway.labeling.issues import label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
 from slipway.labeling.selection import SelectionSettings, select, uncertainty
+from slipway.labeling.tasks import choice, labeling_config, read_annotations, tasks
 
 NOISE = {"careful": 0.05, "average": 0.15, "sloppy": 0.40}
 
@@ -169,3 +172,45 @@ def test_selection_spends_the_budget_on_gold_relabels_and_diverse_uncertain_item
     again = select(items, pool_probs, pool_x, settings,
                    exclude=in_flight | set(picked["item"]), gold=known[100:])
     assert not set(again["item"]) & (in_flight | set(picked["item"]))
+
+
+def test_tasks_round_trip_through_label_studio_json_and_bad_exports_name_the_task():
+    classes = ["billing", "bug", 'Q&A "misc"']
+    config = ElementTree.fromstring(labeling_config(classes))
+    assert [c.get("value") for c in config.iter("Choice")] == classes
+    assert config.find("Choices").get("toName") == config.find("Text").get("name")
+    items = pd.DataFrame({"item": [7, 8, 9], "text": ["refund me", "it crashes", "hello"]})
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    made = tasks(items, probs, classes, "article_topic@3")
+    assert [t["predictions"][0]["result"][0]["value"]["choices"] for t in made] == \
+        [["billing"], ["bug"], ['Q&A "misc"']]
+    assert [t["predictions"][0]["score"] for t in made] == [0.7, 0.8, 0.4]
+    # What Label Studio exports after two annotators (one cancelled once; task 3 still open).
+    given = pd.DataFrame({"item": ["7", "7", "8", "8"], "annotator": ["1", "a@x.io", "1", "a@x.io"],
+                          "label": ["billing", "billing", "bug", 'Q&A "misc"']})
+    exported = json.loads(json.dumps([{**t, "id": i + 1, "annotations": []}
+                                      for i, t in enumerate(made)]))
+    for k, row in enumerate(given.itertuples()):
+        by = 1 if row.annotator == "1" else {"id": 2, "email": "a@x.io"}
+        task = next(t for t in exported if t["data"]["item"] == row.item)
+        task["annotations"].append({"id": 100 + k, "completed_by": by, "was_cancelled": False,
+                                    "created_at": "2026-12-01T10:00:00Z",
+                                    "result": [choice(row.label)]})
+    exported[0]["annotations"].append({"id": 99, "completed_by": 1, "was_cancelled": True,
+                                       "result": []})
+    read = read_annotations(exported, classes)
+    assert read[["item", "annotator", "label"]].equals(given)
+    assert read["task"].tolist() == [1, 1, 2, 2]
+
+    wrong = json.loads(json.dumps(exported))
+    wrong[1]["annotations"][0]["result"] = [choice("refund")]
+    with pytest.raises(SlipwayError, match=r"task 2: label 'refund' is not in the label set"):
+        read_annotations(wrong, classes)
+    no_item = json.loads(json.dumps(exported))
+    del no_item[2]["data"]["item"]
+    with pytest.raises(SlipwayError, match="task 3: no data.item"):
+        read_annotations(no_item, classes)
+    empty = json.loads(json.dumps(exported))
+    empty[0]["annotations"][0]["result"] = []
+    with pytest.raises(SlipwayError, match="task 1: annotation 100 has no single choice"):
+        read_annotations(empty, classes)
