@@ -171,3 +171,22 @@ def flatten(log: pa.Table, route: str) -> pd.DataFrame:
         "text": inputs.to_pandas(),
         "prediction": outputs.field("label").to_pandas(),
         "confidence": np.maximum.reduceat(values, ends[:-1])})], axis=1)
+
+
+def classified_texts(log: pa.Table) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Every text a /v1/classify log answered, with its class probabilities: a frame of
+    `timestamp`, `request_id`, `model_version`, `text`; a texts x classes matrix; the classes
+    (every label the answers name, sorted)."""
+    texts, rows = _items(log, "inputs")
+    outputs, _ = _items(log, "output")
+    probabilities = outputs.field("probabilities")
+    ends = probabilities.offsets.to_numpy()
+    keys = probabilities.keys.to_numpy(zero_copy_only=False)[ends[0]:ends[-1]]
+    values = probabilities.items.to_numpy(zero_copy_only=False)[ends[0]:ends[-1]]
+    classes = sorted(set(keys))
+    matrix = np.zeros((len(outputs), len(classes)))
+    owner = np.repeat(np.arange(len(outputs)), np.diff(ends))
+    matrix[owner, pd.Index(classes).get_indexer(keys)] = values
+    frame = log.select(["timestamp", "request_id", "model_version"]).take(
+        pa.array(rows)).to_pandas().assign(text=texts.to_pandas())
+    return frame, matrix, classes

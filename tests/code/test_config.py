@@ -109,7 +109,8 @@ def test_every_shipped_config_validates_against_its_job():
             "monitor": "jobs.monitor:MonitorConfig",
             "monitor_topics": "jobs.monitor:MonitorConfig",
             "pipeline": "jobs.pipeline:PipelineConfig",
-            "experiments/ranker_ab": "jobs.experiment:ExperimentConfig"}
+            "experiments/ranker_ab": "jobs.experiment:ExperimentConfig",
+            "select_for_labeling": "jobs.select_for_labeling:SelectConfig"}
     layers = {"production/features": "features", "production/monitor": "monitor",
               "production/pipeline": "pipeline"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))

@@ -5,6 +5,7 @@ with simulated annotators of known noise, and injected label errors found by cle
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from itertools import combinations
 from xml.etree import ElementTree
 
@@ -15,6 +16,10 @@ from scipy.stats import entropy
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from jobs.select_for_labeling import SelectConfig, item_id
+from jobs.select_for_labeling import main as select_job
+from slipway.cli import JobFailed
+from slipway.config import load_config
 from slipway.data.man_pages import man_page_summaries, summary
 from slipway.errors import SlipwayError
 from slipway.labeling import simulated
@@ -22,6 +27,8 @@ from slipway.labeling.issues import label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
 from slipway.labeling.selection import SelectionSettings, select, uncertainty
 from slipway.labeling.tasks import choice, labeling_config, read_annotations, tasks
+from slipway.predictions import log_row, write_rows
+from slipway.storage import Storage
 
 NOISE = {"careful": 0.05, "average": 0.15, "sloppy": 0.40}
 
@@ -214,3 +221,55 @@ def test_tasks_round_trip_through_label_studio_json_and_bad_exports_name_the_tas
     empty[0]["annotations"][0]["result"] = []
     with pytest.raises(SlipwayError, match="task 1: annotation 100 has no single choice"):
         read_annotations(empty, classes)
+
+
+def test_a_labeling_round_picks_from_served_answers_and_never_twice(pages, tmp_path):
+    df, classes, features, truth = pages
+    root = str(tmp_path / "root")
+    storage = Storage(root)
+    # The app classified 300 summaries (probabilities of a model trained on the other 300);
+    # ten of them were sent twice.
+    order = np.random.default_rng(7).permutation(len(truth))
+    model = LogisticRegression(max_iter=2000).fit(features[order[300:]], truth[order[300:]])
+    probs = model.predict_proba(features[order[:300]])
+    texts = df["text"].to_numpy()[order[:300]].tolist()
+    now = datetime.now(timezone.utc)
+    rows = [log_row(f"r{i}", now, "/v1/classify", "k", "article_topic", 3, [text],
+                    [{"label": classes[p.argmax()],
+                      "probabilities": dict(zip(classes, map(float, p), strict=True))}], 5.0)
+            for i, (text, p) in enumerate([*zip(texts, probs, strict=True),
+                                           *zip(texts[:10], probs[:10], strict=True)])]
+    write_rows(storage, rows, "test")
+    gold_path = tmp_path / "gold.csv"
+    df.iloc[order[300:310]][["text", "label"]].to_csv(gold_path, index=False)
+
+    def run(name: str):
+        return select_job(load_config(SelectConfig, None, [
+            f"storage.root={root}", "tracking.mode=disabled", f"round={name}",
+            "selection.budget=20", "selection.gold_share=0.25", f"gold={gold_path}"]))
+
+    first = run("one")
+    assert first["reason"].value_counts().to_dict() == {"uncertain": 15, "gold": 5}
+    made = storage.read_json("labeling", "article_topic", "rounds", "one", "tasks.json")
+    assert len(made) == 20 and len({t["data"]["item"] for t in made}) == 20
+    by_text = {t: p for t, p in zip(texts, probs, strict=True)}
+    for task in made:
+        if task["data"]["text"] in by_text:  # the model's answer as pre-annotation
+            best = by_text[task["data"]["text"]].argmax()
+            assert task["predictions"][0]["result"][0]["value"]["choices"] == [classes[best]]
+        else:  # a gold item: its known label kept for scoring, nothing shown
+            assert "predictions" not in task
+            gold = first.set_index("item").loc[task["data"]["item"]]
+            assert gold["reason"] == "gold" and gold["gold_label"] in classes
+    # The most uncertain served text comes first (margin computed here from the logged answers).
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    most = texts[int(np.argmax(1 - top2[:, 1] + top2[:, 0]))]
+    assert first[first["reason"] == "uncertain"].iloc[0]["item"] == item_id(most)
+    config = ElementTree.fromstring(storage.read_bytes(
+        "labeling", "article_topic", "rounds", "one", "config.xml").decode())
+    assert [c.get("value") for c in config.iter("Choice")] == classes
+
+    second = run("two")  # the first round is in flight: none of its items again
+    assert not set(second["item"]) & set(first["item"])
+    with pytest.raises(JobFailed, match="round 'two' of article_topic exists"):
+        run("two")

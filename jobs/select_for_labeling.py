@@ -1,0 +1,123 @@
+"""Pick this round's items worth labeling from what `/v1/classify` served, and write them as
+Label Studio tasks.
+
+Every text the app classified (since `since`) is a candidate, identified by a hash of its text, so
+repeated traffic is one item. The budget goes to known-answer gold items (`gold`: a CSV or Parquet
+file with `text` and `label`), then to the most uncertain texts (the served probabilities),
+skipping near-copies on the MiniLM embeddings (slipway/labeling/selection.py). Items of earlier
+rounds, labelled or still in flight, are never picked again. The round lands under
+`<root>/labeling/<project>/rounds/<round>/`: `tasks.json` (import it into Label Studio, with the
+model's answer as pre-annotation), `config.xml` (the project's labeling config) and
+`picks.parquet` (what was picked and why).
+
+    python -m jobs.select_for_labeling --set project=article_topic --set selection.budget=50
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+
+from slipway.cli import JobFailed, run_job
+from slipway.config import JobConfig, UtcDatetime
+from slipway.labeling.selection import SelectionSettings, select
+from slipway.labeling.tasks import labeling_config, tasks
+from slipway.models.text import Embedder
+from slipway.predictions import classified_texts, read_log
+from slipway.storage import Storage
+
+
+class SelectConfig(JobConfig):
+    """What to select from, how many, and where the round goes."""
+
+    project: str = Field(default="article_topic", pattern=r"^[A-Za-z0-9_-]+$",
+                         description="the labeling project (one label set)")
+    model: str | None = Field(default=None, description="only answers of this served model")
+    since: UtcDatetime | None = Field(default=None, description="only answers from then on")
+    round: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$",
+                              description="round name (default: the UTC time)")
+    selection: SelectionSettings = SelectionSettings(budget=50, relabel_share=0)
+    gold: str | None = Field(default=None, description="CSV or Parquet of known answers: text, "
+                                                       "label")
+    encoder: str = "all-MiniLM-L6-v2"
+    max_length: int = Field(default=64, ge=8)
+
+    @field_validator("selection")
+    @classmethod
+    def _no_relabels_yet(cls, selection: SelectionSettings) -> SelectionSettings:
+        if selection.relabel_share:
+            raise ValueError("relabel_share: this job picks new items and gold only (annotations "
+                             "are not read back into it yet); set 0")
+        return selection
+
+
+def item_id(text: str) -> str:
+    """A text's item id: the same text is the same item, whoever sent it and when."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def earlier_items(storage: Storage, project: str) -> set[str]:
+    """Items picked by any earlier round of the project (labelled or still in flight)."""
+    picked = [uri for uri in storage.list_files("labeling", project, "rounds")
+              if uri.endswith("/picks.parquet")]
+    prefix = storage.uri() + "/"
+    return {item for uri in picked for item in pd.read_parquet(io.BytesIO(storage.read_bytes(
+        *uri.removeprefix(prefix).split("/"))))["item"]}
+
+
+def main(cfg: SelectConfig) -> pd.DataFrame:
+    """Select the round's items and write its tasks; return the picks."""
+    storage = Storage(cfg.storage.root)
+    name = cfg.round or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = ("labeling", cfg.project, "rounds", name)
+    if storage.exists(*folder):
+        raise JobFailed(f"round {name!r} of {cfg.project} exists; pick another (--set round=)")
+    log = read_log(storage, "/v1/classify", model=cfg.model)
+    if cfg.since is not None:
+        log = log.filter(pc.field("timestamp") >= cfg.since)
+    if log.num_rows == 0:
+        raise JobFailed(f"no /v1/classify answers under {storage.uri('predictions')}"
+                        f"{' since ' + str(cfg.since) if cfg.since else ''}; serve traffic first")
+    served, probs, classes = classified_texts(log)
+    served["item"] = served["text"].map(item_id)
+    latest = ~served["item"].duplicated(keep="last").to_numpy()  # a repeated text: its newest
+    served, probs = served[latest].reset_index(drop=True), probs[latest]
+    gold = pd.DataFrame({"text": [], "label": [], "item": []})
+    if cfg.gold:
+        gold = pd.read_csv(cfg.gold) if cfg.gold.endswith(".csv") else pd.read_parquet(cfg.gold)
+        unknown = sorted(set(gold["label"]) - set(classes))
+        if unknown:
+            raise JobFailed(f"gold: labels {unknown} are not among the model's {classes}")
+        gold = gold.assign(item=gold["text"].map(item_id))
+    embeddings = Embedder(cfg.encoder, cfg.max_length).embed(served["text"].tolist())
+    picks = select(served["item"].to_numpy(), probs, embeddings, cfg.selection,
+                   exclude=earlier_items(storage, cfg.project), gold=gold["item"].tolist())
+    known = gold.drop_duplicates("item").set_index("item")
+    is_gold = (picks["reason"] == "gold").to_numpy()
+    picks["gold_label"] = known["label"].reindex(picks["item"]).to_numpy()
+    rows = pd.Index(served["item"]).get_indexer(picks.loc[~is_gold, "item"])
+    last = log.num_rows - 1
+    made = tasks(served.iloc[rows], probs[rows], classes,
+                 f"{log['model'][last].as_py()}@{log['model_version'][last].as_py()}")
+    made += [{"data": {"text": known.at[item, "text"], "item": item}}  # no pre-annotation
+             for item in picks.loc[is_gold, "item"]]
+    order = np.random.default_rng(cfg.selection.seed).permutation(len(made))  # gold hidden
+    storage.write_json([made[i] for i in order], *folder, "tasks.json")
+    storage.write_whole(labeling_config(classes).encode(), *folder, "config.xml")
+    buffer = io.BytesIO()
+    picks.to_parquet(buffer, index=False)
+    storage.write_whole(buffer.getvalue(), *folder, "picks.parquet")
+    counts = picks["reason"].value_counts().to_dict()
+    print(f"{cfg.project} round {name}: {len(picks)} items {counts} of {len(served)} served "
+          f"texts -> {storage.uri(*folder, 'tasks.json')}")
+    return picks
+
+
+if __name__ == "__main__":
+    run_job(SelectConfig, main, __doc__)
