@@ -22,7 +22,7 @@ from slipway.cli import JobFailed
 from slipway.config import load_config
 from slipway.data.man_pages import man_page_summaries, summary
 from slipway.errors import SlipwayError
-from slipway.labeling import simulated
+from slipway.labeling import label_sets, simulated
 from slipway.labeling.issues import label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
 from slipway.labeling.selection import SelectionSettings, select, uncertainty
@@ -273,3 +273,31 @@ def test_a_labeling_round_picks_from_served_answers_and_never_twice(pages, tmp_p
     assert not set(second["item"]) & set(first["item"])
     with pytest.raises(JobFailed, match="round 'two' of article_topic exists"):
         run("two")
+
+
+def test_accepted_labels_become_immutable_versions_with_their_parent(tmp_path):
+    storage = Storage(str(tmp_path / "root"))
+    first = pd.DataFrame({"item": [f"i{k}" for k in range(10)],
+                          "text": [f"t{k}" for k in range(10)],
+                          "label": ["a"] * 6 + ["b"] * 4, "quality": 0.9})
+    assert label_sets.accept(storage, "topics", first, agreement={"fleiss_kappa": 0.7}) == 1
+    # Round two: five new items and two relabelled ones.
+    second = pd.DataFrame({"item": ["i0", "i1", *(f"n{k}" for k in range(5))],
+                           "text": ["t0", "t1", *(f"u{k}" for k in range(5))],
+                           "label": ["b", "b", "a", "a", "c", "c", "c"], "quality": 0.8})
+    assert label_sets.accept(storage, "topics", second) == 2
+    labels, manifest = label_sets.read(storage, "topics")
+    assert manifest["version"] == 2 and manifest["parent"] == 1
+    assert (manifest["rows"], manifest["added"], manifest["relabelled"]) == (15, 5, 2)
+    assert manifest["counts"] == {"a": 6, "b": 6, "c": 3} == labels["label"].value_counts(
+        ).sort_index().to_dict()
+    assert labels.set_index("item").loc[["i0", "i1", "i2"], "label"].tolist() == ["b", "b", "a"]
+    old, old_manifest = label_sets.read(storage, "topics", 1)  # unchanged by version 2
+    assert old.equals(first) and old_manifest["agreement"] == {"fleiss_kappa": 0.7}
+    with pytest.raises(SlipwayError, match=r"lack columns \['text'\]"):
+        label_sets.accept(storage, "topics", second.drop(columns="text"))
+    with pytest.raises(SlipwayError, match="item i0: accepted twice"):
+        label_sets.accept(storage, "topics", pd.concat([second, second.iloc[:1]]))
+    with pytest.raises(SlipwayError, match=r"no label set version 7; versions: \[1, 2\]"):
+        label_sets.read(storage, "topics", 7)
+    assert label_sets.versions(storage, "topics") == [1, 2]  # the refused ones wrote nothing
