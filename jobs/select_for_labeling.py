@@ -7,8 +7,8 @@ file with `text` and `label`), then to the most uncertain texts (the served prob
 skipping near-copies on the MiniLM embeddings (slipway/labeling/selection.py). Items of earlier
 rounds, labelled or still in flight, are never picked again. The round lands under
 `<root>/labeling/<project>/rounds/<round>/`: `tasks.json` (import it into Label Studio, with the
-model's answer as pre-annotation), `config.xml` (the project's labeling config) and
-`picks.parquet` (what was picked and why).
+model's answer as pre-annotation), `config.xml` (the project's labeling config), `round.json`
+(classes, model) and `picks.parquet` (what was picked and why, with the served probabilities).
 
     python -m jobs.select_for_labeling --set project=article_topic --set selection.budget=50
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -42,7 +43,7 @@ class SelectConfig(JobConfig):
     since: UtcDatetime | None = Field(default=None, description="only answers from then on")
     round: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$",
                               description="round name (default: the UTC time)")
-    selection: SelectionSettings = SelectionSettings(budget=50, relabel_share=0)
+    selection: SelectionSettings = SelectionSettings(budget=50)
     gold: str | None = Field(default=None, description="CSV or Parquet of known answers: text, "
                                                        "label")
     encoder: str = "all-MiniLM-L6-v2"
@@ -101,15 +102,23 @@ def main(cfg: SelectConfig) -> pd.DataFrame:
     known = gold.drop_duplicates("item").set_index("item")
     is_gold = (picks["reason"] == "gold").to_numpy()
     picks["gold_label"] = known["label"].reindex(picks["item"]).to_numpy()
+    text = pd.concat([served.set_index("item")["text"], known["text"]])
+    picks["text"] = text[~text.index.duplicated()].reindex(picks["item"]).to_numpy()
     rows = pd.Index(served["item"]).get_indexer(picks.loc[~is_gold, "item"])
+    # The served probabilities travel with the round: the consensus weighs them in later.
+    picks["probabilities"] = None
+    picks.loc[~is_gold, "probabilities"] = pd.Series(list(probs[rows]),
+                                                     index=picks.index[~is_gold])
     last = log.num_rows - 1
-    made = tasks(served.iloc[rows], probs[rows], classes,
-                 f"{log['model'][last].as_py()}@{log['model_version'][last].as_py()}")
+    model = f"{log['model'][last].as_py()}@{log['model_version'][last].as_py()}"
+    made = tasks(served.iloc[rows], probs[rows], classes, model)
     made += [{"data": {"text": known.at[item, "text"], "item": item}}  # no pre-annotation
              for item in picks.loc[is_gold, "item"]]
     order = np.random.default_rng(cfg.selection.seed).permutation(len(made))  # gold hidden
     storage.write_json([made[i] for i in order], *folder, "tasks.json")
     storage.write_whole(labeling_config(classes).encode(), *folder, "config.xml")
+    storage.write_json({"project": cfg.project, "round": name, "classes": classes,
+                        "model": model, "created_at": time.time()}, *folder, "round.json")
     buffer = io.BytesIO()
     picks.to_parquet(buffer, index=False)
     storage.write_whole(buffer.getvalue(), *folder, "picks.parquet")

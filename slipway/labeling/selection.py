@@ -31,7 +31,7 @@ class SelectionSettings(StrictModel):
     max_similarity: float = Field(default=0.9, gt=0, le=1,
                                   description="cosine similarity above which two items are near "
                                               "copies: only the more uncertain is picked")
-    relabel_share: float = Field(default=0.1, ge=0, lt=1,
+    relabel_share: float = Field(default=0.0, ge=0, lt=1,
                                  description="share of the budget for another label on labelled "
                                              "items")
     gold_share: float = Field(default=0.1, ge=0, lt=1,

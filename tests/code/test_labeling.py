@@ -16,6 +16,8 @@ from scipy.stats import entropy
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from jobs.accept_labels import AcceptConfig
+from jobs.accept_labels import main as accept_job
 from jobs.select_for_labeling import SelectConfig, item_id
 from jobs.select_for_labeling import main as select_job
 from slipway.cli import JobFailed
@@ -273,6 +275,52 @@ def test_a_labeling_round_picks_from_served_answers_and_never_twice(pages, tmp_p
     assert not set(second["item"]) & set(first["item"])
     with pytest.raises(JobFailed, match="round 'two' of article_topic exists"):
         run("two")
+
+    # Three annotators of known noise label round one in Label Studio; its export comes back.
+    label_of = dict(zip(df["text"], df["label"], strict=True))
+    truth = np.array([classes.index(label_of[t["data"]["text"]]) for t in made])
+    given = simulated.annotate(np.array([t["data"]["item"] for t in made]), truth, classes,
+                               NOISE, seed=4)
+    exported = [{**t, "id": i + 1, "annotations": [
+        {"id": 1000 + j, "completed_by": row.annotator, "result": [choice(row.label)],
+         "was_cancelled": False, "created_at": "2026-12-01T12:00:00Z"}
+        for j, row in enumerate(given[given["item"] == t["data"]["item"]].itertuples())]}
+        for i, t in enumerate(made)]
+    export = tmp_path / "export.json"
+    broken = json.loads(json.dumps(exported))
+    broken[3]["annotations"][0]["result"] = [choice("poetry")]
+    export.write_text(json.dumps(broken))
+
+    def accept():
+        return accept_job(load_config(AcceptConfig, None, [
+            f"storage.root={root}", "tracking.mode=disabled", "round=one",
+            f"export={export}", "min_quality=0.3"]))
+
+    with pytest.raises(SlipwayError, match="task 4: label 'poetry' is not in the label set"):
+        accept()
+    assert label_sets.versions(storage, "article_topic") == []  # nothing accepted from it
+    export.write_text(json.dumps(exported))
+    summary = accept()
+    labels, manifest = label_sets.read(storage, "article_topic", summary["label_set_version"])
+    uncertain = set(first.loc[first["reason"] == "uncertain", "item"])
+    assert set(labels["item"]) <= uncertain and len(labels) == summary["accepted"] > 0
+    assert len(labels) + len(summary["weak"]) == len(uncertain)
+    # The accepted consensus is right at least as often as a majority vote of the same items.
+    right = {i: classes[k] for i, k in zip((t["data"]["item"] for t in made), truth,
+                                           strict=True)}
+    votes = given[given["item"].isin(labels["item"])].groupby("item")["label"].agg(
+        lambda x: x.mode().iloc[0])
+    assert np.mean(labels["label"].to_numpy() == labels["item"].map(right).to_numpy()) >= \
+        np.mean(votes.to_numpy() == votes.index.map(right).to_numpy())
+    # Gold accuracy per annotator, as counted here from the export.
+    gold = first[first["reason"] == "gold"].set_index("item")["gold_label"]
+    on_gold = given[given["item"].isin(gold.index)]
+    for name, share in summary["gold_accuracy"].items():
+        mine = on_gold[on_gold["annotator"] == name]
+        assert share == pytest.approx(np.mean(mine["label"].to_numpy()
+                                              == gold.loc[mine["item"]].to_numpy()))
+    assert manifest["agreement"]["krippendorff_alpha"] == summary["agreement"][
+        "krippendorff_alpha"] and manifest["round"] == "one"
 
 
 def test_accepted_labels_become_immutable_versions_with_their_parent(tmp_path):
