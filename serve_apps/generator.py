@@ -28,7 +28,7 @@ from typing import Any
 
 from ray import serve
 
-from llm.base import REGISTRY_PREFIX, resolve
+from llm.base import REGISTRY_PREFIX, parse_registry_ref, resolve
 from serve_apps.errors import RequestError
 from serve_apps.follow import follow
 from serve_apps.schemas import ChatRequest, CompletionRequest
@@ -76,8 +76,9 @@ class Generator:
         with self._resolving:
             loras, versions = dict(self.loras), dict(self.versions)
             for name, ref in sorted(self.adapter_refs.items()):
-                if name in loras and not ref.startswith(REGISTRY_PREFIX):
-                    continue  # a path or hub id does not move
+                if name in loras and (not ref.startswith(REGISTRY_PREFIX)
+                                      or parse_registry_ref(ref)[1].isdigit()):
+                    continue  # a path, a hub id or a numbered version does not move
                 path, mv = resolve(ref, self.storage)
                 if mv is not None and mv.metadata.get("kind") != "lora_adapter":
                     raise RegistryError(f"{ref} is a {mv.metadata.get('kind')}, not a LoRA "
