@@ -50,14 +50,15 @@ def main(cfg: AcceptConfig) -> dict[str, Any]:
                         f"{storage.uri(*folder[:-1])}; run jobs.select_for_labeling first")
     meta = storage.read_json(*folder, "round.json")
     classes = meta["classes"]
-    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(*folder, "picks.parquet")))
+    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(*folder, "picks.parquet"))
+                            ).set_index("item")
     with open(cfg.export) as f:
         annotations = read_annotations(json.load(f), classes)
-    foreign = sorted(set(annotations["item"]) - set(picks["item"]))
+    foreign = sorted(set(annotations["item"]) - set(picks.index))
     if foreign:
         raise JobFailed(f"export: items {foreign[:3]} are not in round {cfg.round}; export the "
                         "project this round's tasks.json was imported into")
-    gold = picks[picks["reason"] == "gold"].set_index("item")["gold_label"]
+    gold = picks.loc[picks["reason"] == "gold", "gold_label"]
     scored = gold_accuracy(annotations, gold) if len(gold) else pd.Series(dtype=float)
     labelled = annotations[~annotations["item"].isin(gold.index)]
     counts = labelled.groupby("item").size()
@@ -66,13 +67,13 @@ def main(cfg: AcceptConfig) -> dict[str, Any]:
     if matrix.empty:
         raise JobFailed(f"no item of round {cfg.round} has {cfg.min_annotators} annotations yet; "
                         "wait for the annotators or lower min_annotators")
-    probs = np.stack(picks.set_index("item").loc[matrix.index, "probabilities"].to_numpy())
+    probs = np.stack(picks.loc[matrix.index, "probabilities"].to_numpy())
     agreed = agreement(matrix, classes)
     result = consensus(matrix, probs)
     good = result.items["quality"] >= cfg.min_quality
     accepted = pd.DataFrame({
         "item": matrix.index[good],
-        "text": picks.set_index("item").loc[matrix.index[good], "text"].to_numpy(),
+        "text": picks.loc[matrix.index[good], "text"].to_numpy(),
         "label": np.asarray(classes)[result.items.loc[good, "label"].to_numpy()],
         "consensus_quality": result.items.loc[good, "quality"].to_numpy(),
         "annotators": counts.reindex(matrix.index[good]).to_numpy(),
