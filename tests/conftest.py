@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,8 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::Futu
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SLIPWAY_PROGRESS", "0")
+os.environ.setdefault("LABEL_STUDIO_PYTHON",
+                      str(Path(__file__).resolve().parent.parent / ".label-studio/bin/python"))
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +93,38 @@ def s3_root(s3_endpoint, monkeypatch) -> str:
                         }.items():
         monkeypatch.setenv(name, value)
     return f"s3://slipway-test/{uuid.uuid4().hex[:8]}"
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Start Label Studio as soon as the session knows it needs it: its first start (about a
+    minute of migrations) overlaps the tests before the first one that uses it."""
+    if any("label_studio" in getattr(item, "fixturenames", ()) for item in items):
+        from benchmarks.common import free_port
+        from slipway.labeling.studio import LocalServer
+
+        folder = tempfile.mkdtemp(prefix="slipway-label-studio-")
+        config.stash[LABEL_STUDIO] = LocalServer(folder, free_port()).start()
+
+
+def pytest_unconfigure(config) -> None:
+    """Stop Label Studio even when no test used it (all deselected)."""
+    server = config.stash.get(LABEL_STUDIO, None)
+    if server is not None:
+        server.stop()
+
+
+LABEL_STUDIO = pytest.StashKey()
+
+
+@pytest.fixture(scope="session")
+def label_studio(pytestconfig) -> Iterator[object]:
+    """A real Label Studio server (its own venv, SQLite) on 127.0.0.1 for the test session,
+    started at collection; its settings, with the admin's token in LABEL_STUDIO_API_KEY."""
+    server = pytestconfig.stash[LABEL_STUDIO]
+    try:
+        yield server.ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ A new version is the latest one with the accepted labels applied: new items adde
 items replaced. Its number is claimed exclusively (two acceptances never share one), its labels
 written, and its manifest written last: readers see only versions with a manifest. Acceptances of
 one project are meant to run one at a time (a round's job); each records its parent, so a
-concurrent one would show as two versions with the same parent. Train on a version with
-`text.path=labeling/<project>/label_sets/<NNNN>/labels.parquet`, `text.text_columns=[text]` and
-`text.label_column=label`: the path, with its version number, lands in the model's lineage.
+concurrent one would show as two versions with the same parent. Train the text classifier on a
+version with `text.label_set=<project>` (the latest) or `<project>@N`: the labels' path, with its
+version number, lands in the model's lineage.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ REQUIRED = ("item", "text", "label")
 
 def _folder(project: str, version: int) -> tuple[str, ...]:
     return "labeling", project, "label_sets", f"{version:04d}"
+
+
+def labels_path(project: str, version: int) -> str:
+    """Where a version's labels are, relative to the storage root."""
+    return "/".join((*_folder(project, version), "labels.parquet"))
 
 
 def versions(storage: Storage, project: str, claimed: bool = False) -> list[int]:

@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from slipway.config import StrictModel
 from slipway.data.tables import locate, read_table
 from slipway.errors import SlipwayError
+from slipway.labeling import label_sets
 from slipway.models.hf import load_tokenizer
 from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, encoder_path, tokenize
 from slipway.storage import Storage
@@ -39,6 +40,22 @@ class TextData(StrictModel):
     max_length: int = Field(default=64, ge=8, le=512)
     embed_actors: int = Field(default=2, ge=1, description="Ray actors embedding the text")
     max_examples: int | None = Field(default=None, ge=10)
+    label_set: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]+(@[0-9]+)?$",
+        description="train on a labeling project's label set: `project` (its latest version) or "
+                    "`project@N`; sets path, text_columns and label_column")
+
+
+def resolve(data: TextData, storage: Storage) -> TextData:
+    """`data` with a `label_set` turned into the path of that version's labels (the version
+    number is in the path, so it lands in the model's lineage)."""
+    if data.label_set is None:
+        return data
+    project, _, number = data.label_set.partition("@")
+    manifest = label_sets.read(storage, project, int(number) if number else None)[1]
+    return data.model_copy(update={
+        "path": label_sets.labels_path(project, manifest["version"]),
+        "text_columns": ["text"], "label_column": "label"})
 
 
 def length_bucket(texts: pd.Series) -> pd.Series:
@@ -118,6 +135,7 @@ def _inputs(data: TextData, texts: pd.Series) -> dict[str, np.ndarray]:
 def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
             ) -> Prepared:
     """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
+    data = resolve(data, storage)
     examples = load_labelled(data, storage, seed)
     where, parts = locate(data.path, storage)
     train, valid_df, test_df = stratified_split(examples, valid, test, seed)

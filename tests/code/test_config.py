@@ -110,7 +110,10 @@ def test_every_shipped_config_validates_against_its_job():
             "monitor_topics": "jobs.monitor:MonitorConfig",
             "pipeline": "jobs.pipeline:PipelineConfig",
             "experiments/ranker_ab": "jobs.experiment:ExperimentConfig",
-            "select_for_labeling": "jobs.select_for_labeling:SelectConfig"}
+            "select_for_labeling": "jobs.select_for_labeling:SelectConfig",
+            "simulate_annotators": "jobs.simulate_annotators:SimulateConfig",
+            "accept_labels": "jobs.accept_labels:AcceptConfig",
+            "labeling_round": "jobs.labeling_round:RoundConfig"}
     layers = {"production/features": "features", "production/monitor": "monitor",
               "production/pipeline": "pipeline"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))

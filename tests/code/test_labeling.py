@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 
 from jobs.accept_labels import AcceptConfig
 from jobs.accept_labels import main as accept_job
-from jobs.select_for_labeling import SelectConfig, item_id
+from jobs.select_for_labeling import SelectConfig
 from jobs.select_for_labeling import main as select_job
 from slipway.cli import JobFailed
 from slipway.config import load_config
@@ -27,6 +27,7 @@ from slipway.errors import SlipwayError
 from slipway.labeling import label_sets, simulated
 from slipway.labeling.issues import label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
+from slipway.labeling.rounds import item_id
 from slipway.labeling.selection import SelectionSettings, select, uncertainty
 from slipway.labeling.tasks import choice, labeling_config, read_annotations, tasks
 from slipway.predictions import log_row, write_rows
@@ -245,10 +246,10 @@ def test_a_labeling_round_picks_from_served_answers_and_never_twice(pages, tmp_p
     gold_path = tmp_path / "gold.csv"
     df.iloc[order[300:310]][["text", "label"]].to_csv(gold_path, index=False)
 
-    def run(name: str):
+    def run(name: str, *extra: str):
         return select_job(load_config(SelectConfig, None, [
             f"storage.root={root}", "tracking.mode=disabled", f"round={name}",
-            "selection.budget=20", "selection.gold_share=0.25", f"gold={gold_path}"]))
+            "selection.budget=20", "selection.gold_share=0.25", f"gold={gold_path}", *extra]))
 
     first = run("one")
     assert first["reason"].value_counts().to_dict() == {"uncertain": 15, "gold": 5}
@@ -321,6 +322,35 @@ def test_a_labeling_round_picks_from_served_answers_and_never_twice(pages, tmp_p
                                               == gold.loc[mine["item"]].to_numpy()))
     assert manifest["agreement"]["krippendorff_alpha"] == summary["agreement"][
         "krippendorff_alpha"] and manifest["round"] == "one"
+
+    # Round three gives another label to items of the accepted round one whose annotations
+    # disagree (ActiveLab), never to round two's items (in flight); two new annotators label it
+    # and each relabelled item is judged on its five annotations, new items on their two.
+    third = run("three", "selection.relabel_share=0.25")
+    relabel = third.loc[third["reason"] == "relabel", "item"]
+    assert len(relabel) == 5 and set(relabel) <= uncertain and not set(third["item"]) & set(
+        second["item"])
+    spread = given.groupby("item")["label"].nunique()
+    assert (spread.loc[relabel] > 1).all() and (spread.loc[list(uncertain)] > 1).sum() >= 5
+    made3 = storage.read_json("labeling", "article_topic", "rounds", "three", "tasks.json")
+    new_items = {t["data"]["item"]: t["data"]["text"] for t in made3}
+    first_texts = {t["data"]["item"]: t["data"]["text"] for t in made}
+    assert all(new_items[i] == first_texts[i] for i in relabel)
+    truth3 = np.array([classes.index(label_of[new_items[t["data"]["item"]]]) for t in made3])
+    given3 = simulated.annotate(np.array(list(new_items)), truth3, classes,
+                                {"fourth": 0.05, "fifth": 0.10}, seed=5)
+    export.write_text(json.dumps([{**t, "id": i + 1, "annotations": [
+        {"id": 1000 + j, "completed_by": row.annotator, "result": [choice(row.label)]}
+        for j, row in enumerate(given3[given3["item"] == t["data"]["item"]].itertuples())]}
+        for i, t in enumerate(made3)]))
+    third_summary = accept_job(load_config(AcceptConfig, None, [
+        f"storage.root={root}", "tracking.mode=disabled", f"export={export}",
+        "min_quality=0"]))  # the newest round not yet accepted: three (two is in flight)
+    assert third_summary["round"] == "three"
+    labels3 = label_sets.read(storage, "article_topic", third_summary["label_set_version"])[0]
+    now_labelled = labels3[labels3["source_round"] == "three"].set_index("item")["annotators"]
+    assert (now_labelled.loc[relabel] == 5).all()
+    assert (now_labelled.drop(relabel, errors="ignore") == 2).all() and len(now_labelled) > 5
 
 
 def test_accepted_labels_become_immutable_versions_with_their_parent(tmp_path):
