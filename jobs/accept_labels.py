@@ -147,6 +147,11 @@ def main(cfg: AcceptConfig) -> dict[str, Any]:
         "consensus_quality": result.items.loc[good, "quality"].to_numpy(),
         "annotators": counts.reindex(matrix.index[good]).to_numpy(),
         "source_round": name})
+    by_item = labelled.groupby("item")  # provenance: who labelled, when, in which task
+    accepted = accepted.join(pd.DataFrame({
+        "annotated_by": by_item["annotator"].agg(lambda who: ",".join(sorted(who))),
+        "annotated_at": by_item["annotated_at"].max(),
+        "task": by_item["task"].last()}), on="item")
     summary = {
         "round": name, "annotations": len(annotations), "items": len(matrix),
         "accepted": int(good.sum()), "weak": result.weak(cfg.min_quality).tolist(),

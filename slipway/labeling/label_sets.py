@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
@@ -59,10 +60,11 @@ def read(storage: Storage, project: str, version: int | None = None
     return labels, storage.read_json(*folder, "manifest.json")
 
 
-def accept(storage: Storage, project: str, accepted: pd.DataFrame, **record: Any) -> int:
+def accept(storage: Storage, project: str, accepted: pd.DataFrame,
+           removed: Collection[str] = (), **record: Any) -> int:
     """Write the next version: the latest labels with `accepted` applied (columns `item`,
-    `text`, `label`, and any provenance columns); `record` goes into the manifest. Returns the
-    version number."""
+    `text`, `label`, and any provenance columns) and the `removed` items left out; `record` goes
+    into the manifest. Returns the version number."""
     missing = [c for c in REQUIRED if c not in accepted.columns]
     if missing:
         raise SlipwayError(f"accepted labels lack columns {missing}; give item, text and label")
@@ -72,7 +74,8 @@ def accept(storage: Storage, project: str, accepted: pd.DataFrame, **record: Any
     parent = (versions(storage, project) or [None])[-1]
     base = read(storage, project, parent)[0] if parent else accepted.iloc[:0]
     replaced = base["item"].isin(accepted["item"])
-    labels = pd.concat([base[~replaced], accepted], ignore_index=True)
+    dropped = base["item"].isin(list(removed)) & ~replaced
+    labels = pd.concat([base[~replaced & ~dropped], accepted], ignore_index=True)
     while True:  # claim the next number for this caller alone
         version = (versions(storage, project, claimed=True) or [0])[-1] + 1
         if storage.create_exclusive(b"", *_folder(project, version), ".claim"):
@@ -83,7 +86,7 @@ def accept(storage: Storage, project: str, accepted: pd.DataFrame, **record: Any
     storage.write_json({"project": project, "version": version, "parent": parent,
                         "created_at": time.time(), "rows": len(labels),
                         "added": int((~accepted["item"].isin(base["item"])).sum()),
-                        "relabelled": int(replaced.sum()),
+                        "relabelled": int(replaced.sum()), "removed": int(dropped.sum()),
                         "classes": sorted(labels["label"].unique()),
                         "counts": labels["label"].value_counts().sort_index().to_dict(),
                         **record}, *_folder(project, version), "manifest.json")

@@ -42,10 +42,20 @@ def label_matrix(annotations: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return codes.pivot(index="item", columns="annotator", values="code")
 
 
+def alpha(reliability: np.ndarray, n_values: int) -> float | None:
+    """Krippendorff's alpha (nominal) of annotators x items codes (NaN: not labelled); None when
+    the data hold a single value (no disagreement can be expected)."""
+    present = reliability[~np.isnan(reliability)]
+    if len(np.unique(present)) < 2:
+        return None
+    return float(krippendorff.alpha(reliability_data=reliability, level_of_measurement="nominal",
+                                    value_domain=list(range(n_values))))
+
+
 def agreement(matrix: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
     """Cohen's kappa per annotator pair (over the items both labelled), Fleiss' kappa over the
-    items every annotator labelled (overall, and per class as that class against the rest), and
-    Krippendorff's alpha (nominal) over every annotation."""
+    items every annotator labelled, and Krippendorff's alpha (nominal) over every annotation;
+    both overall and per class (that class against the rest)."""
     pairs = {}
     for a, b in combinations(matrix.columns, 2):
         both = matrix[[a, b]].dropna()
@@ -63,9 +73,11 @@ def agreement(matrix: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
         "fleiss_kappa": fleiss(full, len(classes)),
         "fleiss_kappa_per_class": {c: fleiss((full == i).astype(int), 2)
                                    for i, c in enumerate(classes)},
-        "krippendorff_alpha": float(krippendorff.alpha(
-            reliability_data=matrix.T.to_numpy(float), level_of_measurement="nominal",
-            value_domain=list(range(len(classes))))),
+        "krippendorff_alpha": alpha(matrix.T.to_numpy(float), len(classes)),
+        "krippendorff_alpha_per_class": {
+            c: alpha(np.where(np.isnan(matrix.T.to_numpy(float)), np.nan,
+                              matrix.T.to_numpy(float) == i), 2)
+            for i, c in enumerate(classes)},
         "items_fully_labelled": int(len(full)),
     }
 

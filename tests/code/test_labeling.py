@@ -13,11 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import entropy
+from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize
 
 from jobs.accept_labels import AcceptConfig
 from jobs.accept_labels import main as accept_job
+from jobs.find_label_issues import IssuesConfig
+from jobs.find_label_issues import main as issues_job
 from jobs.select_for_labeling import SelectConfig
 from jobs.select_for_labeling import main as select_job
 from slipway.cli import JobFailed
@@ -25,7 +29,7 @@ from slipway.config import load_config
 from slipway.data.man_pages import man_page_summaries, summary
 from slipway.errors import SlipwayError
 from slipway.labeling import label_sets, simulated
-from slipway.labeling.issues import label_issues, out_of_fold_probabilities
+from slipway.labeling.issues import data_issues, label_issues, out_of_fold_probabilities
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
 from slipway.labeling.rounds import item_id
 from slipway.labeling.selection import SelectionSettings, select, uncertainty
@@ -75,16 +79,22 @@ def test_agreement_statistics_match_their_textbook_formulas():
     p_chance = ((counts.sum(axis=0) / counts.sum()) ** 2).sum()
     assert stats["fleiss_kappa"] == pytest.approx((p_item - p_chance) / (1 - p_chance))
     # Krippendorff (nominal, no missing values): 1 - observed / expected disagreement from the
-    # coincidence matrix.
-    coincidence = np.zeros((3, 3))
-    for row in codes:
-        for x, y in combinations(range(n), 2):
-            coincidence[row[x], row[y]] += 1 / (n - 1)  # each ordered pair of values
-            coincidence[row[y], row[x]] += 1 / (n - 1)
-    totals, total = coincidence.sum(axis=1), coincidence.sum()
-    observed = coincidence.sum() - np.trace(coincidence)
-    expected = (totals.sum() ** 2 - (totals ** 2).sum()) / (total - 1)
-    assert stats["krippendorff_alpha"] == pytest.approx(1 - observed / expected)
+    # coincidence matrix; per class on that class against the rest.
+    def alpha_by_hand(values: np.ndarray, k: int) -> float:
+        coincidence = np.zeros((k, k))
+        for row in values:
+            for x, y in combinations(range(n), 2):
+                coincidence[row[x], row[y]] += 1 / (n - 1)  # each ordered pair of values
+                coincidence[row[y], row[x]] += 1 / (n - 1)
+        totals, total = coincidence.sum(axis=1), coincidence.sum()
+        observed = coincidence.sum() - np.trace(coincidence)
+        expected = (totals.sum() ** 2 - (totals ** 2).sum()) / (total - 1)
+        return 1 - observed / expected
+
+    assert stats["krippendorff_alpha"] == pytest.approx(alpha_by_hand(codes, 3))
+    for k, name in enumerate(classes):
+        assert stats["krippendorff_alpha_per_class"][name] == pytest.approx(
+            alpha_by_hand((codes == k).astype(int), 2))
 
 
 def test_crowdlab_beats_majority_vote_and_ranks_the_annotators_on_real_text(pages):
@@ -124,6 +134,30 @@ def test_injected_label_errors_are_found_far_above_chance(pages):
     assert precision > 2.5 * len(injected) / len(truth) and recall > 0.6
     assert issues["quality"].is_monotonic_increasing  # likeliest mistakes first
     assert set(issues["given"]) <= set(classes) and (issues["given"] != issues["suggested"]).any()
+
+
+def test_planted_outliers_and_near_duplicates_are_found(pages):
+    df, classes, features, truth = pages
+    # Dense unit vectors of the summaries (LSA), eight of them sent again (the same text with a
+    # full stop added embeds the same), and six points far from every summary and each other.
+    lsa = normalize(TruncatedSVD(64, random_state=0).fit_transform(features))
+    rng = np.random.default_rng(5)
+    copies = rng.choice(len(df), 8, replace=False)
+    again = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)).fit(df["text"]).transform(
+        df["text"].to_numpy()[copies] + ".")
+    assert np.allclose(again.toarray(), features[copies].toarray())
+    far = np.eye(6)  # each on an axis of its own: orthogonal to every other row
+    x = np.block([[np.concatenate([lsa, lsa[copies]]), np.zeros((len(lsa) + 8, 6))],
+                  [np.zeros((6, lsa.shape[1])), far]])
+    labels = np.concatenate([truth, truth[copies], rng.integers(0, len(classes), len(far))])
+    found = data_issues(x, labels)
+    duplicates = found[found["issue"] == "near_duplicate"].set_index("row")["duplicate_of"]
+    for k, row in enumerate(copies):  # each copy is in its original's set, and back
+        assert len(df) + k in duplicates.loc[row] and row in duplicates.loc[len(df) + k]
+    outliers = set(found.loc[found["issue"] == "outlier", "row"])
+    planted = set(range(len(df) + len(copies), len(x)))
+    assert planted <= outliers and len(outliers) <= 3 * len(planted)
+    assert found.groupby("issue")["score"].apply(lambda x: x.is_monotonic_increasing).all()
 
 
 def test_a_label_outside_the_set_or_a_repeated_annotation_names_the_item():
@@ -306,6 +340,10 @@ def test_a_labeling_round_picks_from_served_answers_and_never_twice(pages, tmp_p
     uncertain = set(first.loc[first["reason"] == "uncertain", "item"])
     assert set(labels["item"]) <= uncertain and len(labels) == summary["accepted"] > 0
     assert len(labels) + len(summary["weak"]) == len(uncertain)
+    task_of = {t["data"]["item"]: t["id"] for t in exported}  # provenance: who, which task
+    assert (labels["annotated_by"] == "average,careful,sloppy").all()
+    assert labels["task"].tolist() == labels["item"].map(task_of).tolist()
+    assert (labels["annotated_at"] == "2026-12-01T12:00:00Z").all()
     # The accepted consensus is right at least as often as a majority vote of the same items.
     right = {i: classes[k] for i, k in zip((t["data"]["item"] for t in made), truth,
                                            strict=True)}
@@ -379,3 +417,31 @@ def test_accepted_labels_become_immutable_versions_with_their_parent(tmp_path):
     with pytest.raises(SlipwayError, match=r"no label set version 7; versions: \[1, 2\]"):
         label_sets.read(storage, "topics", 7)
     assert label_sets.versions(storage, "topics") == [1, 2]  # the refused ones wrote nothing
+
+
+def test_a_reviewed_issue_report_fixes_the_accepted_labels_and_drops_the_accepted_rows(tmp_path):
+    root = str(tmp_path / "root")
+    storage = Storage(root)
+    base = pd.DataFrame({"item": [f"i{k}" for k in range(6)], "text": [f"t{k}" for k in range(6)],
+                         "label": ["a", "a", "a", "b", "b", "b"]})
+    label_sets.accept(storage, "p", base)
+    review = tmp_path / "issues.csv"
+
+    def apply(rows: dict) -> int:
+        pd.DataFrame(rows).to_csv(review, index=False)
+        return issues_job(load_config(IssuesConfig, None, [
+            f"storage.root={root}", "tracking.mode=disabled", "project=p", f"apply={review}"]))
+
+    with pytest.raises(JobFailed, match=r"suggested labels \['c'\] are not in the label set"):
+        apply({"item": ["i1"], "issue": ["label"], "suggested": ["c"], "accept": ["true"]})
+    with pytest.raises(JobFailed, match="no row of .* has accept=true"):
+        apply({"item": ["i1"], "issue": ["label"], "suggested": ["b"], "accept": [""]})
+    assert label_sets.versions(storage, "p") == [1]  # refused reviews write nothing
+    version = apply({"item": ["i1", "i2", "i3", "i4", "i5"],
+                     "issue": ["label", "outlier", "near_duplicate", "label", "outlier"],
+                     "suggested": ["b", "", "", "a", ""],
+                     "accept": ["true", "yes", "", "false", "x"]})
+    labels, manifest = label_sets.read(storage, "p", version)
+    assert dict(zip(labels["item"], labels["label"], strict=True)) == {
+        "i0": "a", "i1": "b", "i3": "b", "i4": "b"}
+    assert (manifest["parent"], manifest["relabelled"], manifest["removed"]) == (1, 1, 2)
