@@ -75,12 +75,7 @@ demo: setup label-studio
 	$(BIN)/python -m jobs.evaluate_llm --set storage.root=$(ROOT) \
 		|| echo "articles_lora: adapter not promoted (reason above)"
 	$(BIN)/python -m jobs.build_index --config configs/build_index.yaml --set storage.root=$(ROOT)
-	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT) \
-		--experiment configs/experiments/ranker_ab.yaml --visits 600
-	@echo "== labeling: one round on what /v1/classify served, in a local Label Studio =="
-	$(BIN)/python -m jobs.labeling_round --config configs/labeling_round.yaml \
-		--set storage.root=$(ROOT) --set start_label_studio.data_dir=$(ROOT)-label-studio
-	@echo "== monitor: the ranker's last week of traffic (replayed into its log) =="
+	@echo "== monitor: the ranker's last week of traffic (replayed into its log, before the app's live traffic) =="
 	$(BIN)/python -m jobs.replay --set storage.root=$(ROOT) --set start=$(REPLAY_START)
 	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(ROOT)
 	@echo "== monitor: a drifted batch (dwell x2.5, tablet-heavy audience from $(DRIFT_START)) =="
@@ -93,6 +88,12 @@ demo: setup label-studio
 	cp -r $(ROOT)/models $(DRIFTED)/models
 	$(BIN)/python -m jobs.replay --set storage.root=$(DRIFTED) --set start=$(REPLAY_START)
 	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(DRIFTED)
+	@echo "== serve: the app answers each route, then a simulated A/B experiment on it =="
+	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT) \
+		--experiment configs/experiments/ranker_ab.yaml --visits 600
+	@echo "== labeling: one round on what /v1/classify served, in a local Label Studio =="
+	$(BIN)/python -m jobs.labeling_round --config configs/labeling_round.yaml \
+		--set storage.root=$(ROOT) --set start_label_studio.data_dir=$(ROOT)-label-studio
 
 test: setup redis label-studio
 	$(BIN)/ruff check .
