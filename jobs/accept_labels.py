@@ -20,7 +20,6 @@ version 1 and the round's labels version 2, replacing the base labels of the ite
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -33,7 +32,8 @@ from slipway.config import JobConfig, StrictModel
 from slipway.data.tables import locate, read_table
 from slipway.labeling import label_sets
 from slipway.labeling.quality import agreement, consensus, gold_accuracy, label_matrix
-from slipway.labeling.rounds import annotated, item_id, rounds
+from slipway.labeling.rounds import annotated, is_accepted, item_id, rounds
+from slipway.labeling.rounds import picks as round_picks
 from slipway.labeling.studio import LabelStudio, StudioSettings
 from slipway.labeling.tasks import read_annotations
 from slipway.storage import Storage
@@ -64,7 +64,7 @@ def base_labels(base: BaseLabels, storage: Storage) -> pd.DataFrame:
 def unaccepted_round(storage: Storage, project: str) -> str:
     """The newest complete round of the project without an `accepted.json`."""
     waiting = [name for name in rounds(storage, project)
-               if not storage.exists("labeling", project, "rounds", name, "accepted.json")]
+               if not is_accepted(storage, project, name)]
     if not waiting:
         raise JobFailed(f"every round of {project} is accepted (or none exists); run "
                         "jobs.select_for_labeling for the next one")
@@ -113,8 +113,7 @@ def main(cfg: AcceptConfig) -> dict[str, Any]:
                         f"{storage.uri(*folder[:-1])}; run jobs.select_for_labeling first")
     meta = storage.read_json(*folder, "round.json")
     classes = meta["classes"]
-    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(*folder, "picks.parquet"))
-                            ).set_index("item")
+    picks = round_picks(storage, cfg.project, name).set_index("item")
     export = exported(cfg, meta, storage)
     annotations = read_annotations(export, classes)
     relabelled = picks.index[picks["reason"] == "relabel"]

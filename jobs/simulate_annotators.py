@@ -13,7 +13,7 @@ written beside the round (`simulated_export.json`) for `jobs.accept_labels --set
 
 from __future__ import annotations
 
-import io
+from typing import Annotated
 
 import pandas as pd
 from pydantic import Field
@@ -23,6 +23,7 @@ from slipway.config import JobConfig, StrictModel
 from slipway.data.tables import read_table
 from slipway.labeling import simulated
 from slipway.labeling.rounds import item_id, rounds
+from slipway.labeling.rounds import picks as round_picks
 from slipway.labeling.studio import LabelStudio, StudioSettings
 from slipway.labeling.tasks import choice
 from slipway.storage import Storage
@@ -42,7 +43,7 @@ class SimulateConfig(JobConfig):
     project: str = Field(default="article_topic", pattern=r"^[A-Za-z0-9_-]+$")
     round: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$",
                               description="the round (default: the newest)")
-    annotators: dict[str, float] = Field(
+    annotators: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {"careful": 0.05, "average": 0.15, "sloppy": 0.40},
         min_length=1, description="annotator name: share of their labels flipped")
     truth: Truth = Truth()
@@ -61,12 +62,9 @@ def main(cfg: SimulateConfig) -> pd.DataFrame:
     folder = ("labeling", cfg.project, "rounds", name)
     if name not in made:
         raise JobFailed(f"no complete round {name!r} of {cfg.project}; rounds: {made}")
-    bad = {k: v for k, v in cfg.annotators.items() if not 0 <= v <= 1}
-    if bad:
-        raise JobFailed(f"annotators: flip rates {bad} are not shares between 0 and 1")
     meta = storage.read_json(*folder, "round.json")
     classes = meta["classes"]
-    picks = pd.read_parquet(io.BytesIO(storage.read_bytes(*folder, "picks.parquet")))
+    picks = round_picks(storage, cfg.project, name)
     table = read_table(cfg.truth.path, storage, "truth.path")
     known = pd.Series(table[cfg.truth.label_column].astype(str).to_numpy(),
                       index=table[cfg.truth.text_column].astype(str).map(item_id))

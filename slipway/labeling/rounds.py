@@ -2,7 +2,8 @@
 
     labeling/<project>/rounds/<round>/  tasks.json, config.xml, picks.parquet, round.json (written
                                         last: a round without it is incomplete), and once
-                                        accepted export.json and accepted.json
+                                        accepted export.json and accepted.json (written last:
+                                        a round with it is accepted)
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ def rounds(storage: Storage, project: str) -> list[str]:
         "labeling", project, "rounds", name, "round.json")["created_at"])
 
 
+def is_accepted(storage: Storage, project: str, name: str) -> bool:
+    """Whether the round's annotations were judged and accepted (its `accepted.json`)."""
+    return storage.exists("labeling", project, "rounds", name, "accepted.json")
+
+
 def earlier_items(storage: Storage, project: str, in_flight: bool = False) -> set[str]:
     """Items picked by any earlier round of the project, labelled or still in flight (with
     `in_flight`: only those of rounds not accepted yet)."""
     return {item for name in rounds(storage, project)
-            if not (in_flight and storage.exists("labeling", project, "rounds", name,
-                                                 "export.json"))
+            if not (in_flight and is_accepted(storage, project, name))
             for item in picks(storage, project, name)["item"]}
 
 
@@ -46,13 +51,13 @@ def picks(storage: Storage, project: str, name: str) -> pd.DataFrame:
 
 def annotated(storage: Storage, project: str, classes: list[str]
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """What the accepted rounds (those with `export.json`) know of their items, gold left out:
+    """What the accepted rounds know of their items, gold left out:
     the annotations (`item`, `annotator`, `label`; an annotator's newest label of an item) and
     each item's newest pick (indexed by item: text, probabilities)."""
     frames, picked = [], []
     for name in rounds(storage, project):
         folder = ("labeling", project, "rounds", name)
-        if not storage.exists(*folder, "export.json"):
+        if not is_accepted(storage, project, name):
             continue
         round_picks = picks(storage, project, name)
         labelled = set(round_picks.loc[round_picks["reason"] != "gold", "item"])
