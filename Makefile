@@ -97,12 +97,12 @@ demo: setup label-studio
 
 test: setup redis label-studio
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 # The inner loop: pure code tests (no Ray, no servers), under 2 minutes.
 test-fast: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests/code
+	$(BIN)/python -m pytest -n 2 tests/code
 
 lint: setup
 	$(BIN)/ruff check .

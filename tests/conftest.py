@@ -27,18 +27,28 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SLIPWAY_PROGRESS", "0")
 os.environ.setdefault("LABEL_STUDIO_PYTHON",
                       str(Path(__file__).resolve().parent.parent / ".label-studio/bin/python"))
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest-xdist
 
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:
-    """A local two-CPU Ray shared by every test that needs it (its RayContext)."""
+    """A local two-CPU Ray shared by every test of this process (its RayContext): a head node
+    started as `ray start` with ports and a temp dir of its own (Ray's own defaults, such as the
+    dashboard agent's port, would clash between the two clusters of `make test`'s workers)."""
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR",
-                       log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield context
-    ray.shutdown()
+    from tests.ray_cluster import LocalCluster
+
+    cluster = LocalCluster(num_cpus=2)
+    cluster.start_node(head=True)
+    try:
+        cluster.wait_for_nodes(1)
+        context = ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield context
+        ray.shutdown()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -95,15 +105,54 @@ def s3_root(s3_endpoint, monkeypatch) -> str:
     return f"s3://slipway-test/{uuid.uuid4().hex[:8]}"
 
 
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """Start Label Studio as soon as the session knows it needs it: its first start (about a
-    minute of migrations) overlaps the tests before the first one that uses it."""
-    if any("label_studio" in getattr(item, "fixturenames", ()) for item in items):
-        from benchmarks.common import free_port
-        from slipway.labeling.studio import LocalServer
+# `make test` runs two pytest-xdist workers (`-n 2`), each with its own local Ray. Tests that
+# deploy the Serve app or change what it serves run on one worker, in file order, from the first
+# minute (they build the platform root first); every other module is a group of its own that
+# either worker takes, the platform's readers last, so that the root is built when they need it.
+SERVED = ("tests/cluster/test_pipeline.py", "tests/serve/", "tests/notebooks/",
+          "tests/model/test_index.py", "tests/model/test_llm.py")
+PLATFORM_FIXTURES = {"platform_root", "platform_build"}
 
-        folder = tempfile.mkdtemp(prefix="slipway-label-studio-")
-        config.stash[LABEL_STUDIO] = LocalServer(folder, free_port()).start()
+
+def group(nodeid: str) -> str:
+    """The xdist group of a test: `served` or its module."""
+    path = nodeid.split("::")[0]
+    return "served" if path.startswith(SERVED) else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole groups to a worker, in collection order (xdist's loadscope with the groups above)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group(nodeid)
+
+    config.option.loadscopereorder = False  # keep the lanes' order
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Order the tests: the served group, other modules, then the platform's readers (file order
+    within each). Without xdist, start Label Studio as soon as the session knows it needs it,
+    so that its first start (about a minute of migrations) overlaps the tests before it."""
+    def lane(item: pytest.Item) -> int:
+        if group(item.nodeid) == "served":
+            return 0
+        return 2 if PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())) else 1
+
+    items.sort(key=lane)  # stable
+    if XDIST_WORKER is None and any("label_studio" in getattr(item, "fixturenames", ())
+                                    for item in items):
+        config.stash[LABEL_STUDIO] = start_label_studio()
+
+
+def start_label_studio() -> object:
+    """A local Label Studio server starting in a scratch folder (slipway.labeling.studio)."""
+    from benchmarks.common import free_port
+    from slipway.labeling.studio import LocalServer
+
+    return LocalServer(tempfile.mkdtemp(prefix="slipway-label-studio-"), free_port()).start()
 
 
 def pytest_unconfigure(config) -> None:
@@ -119,8 +168,11 @@ LABEL_STUDIO = pytest.StashKey()
 @pytest.fixture(scope="session")
 def label_studio(pytestconfig) -> Iterator[object]:
     """A real Label Studio server (its own venv, SQLite) on 127.0.0.1 for the test session,
-    started at collection; its settings, with the admin's token in LABEL_STUDIO_API_KEY."""
-    server = pytestconfig.stash[LABEL_STUDIO]
+    started at collection (or here, on an xdist worker); its settings, with the admin's token in
+    LABEL_STUDIO_API_KEY."""
+    server = pytestconfig.stash.get(LABEL_STUDIO, None)
+    if server is None:  # an xdist worker: started here, by the worker that runs its tests
+        server = pytestconfig.stash[LABEL_STUDIO] = start_label_studio()
     try:
         yield server.ready()
     finally:
@@ -130,7 +182,10 @@ def label_studio(pytestconfig) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, str]]:
     """A small root with every model trained and promoted by the platform's pipeline
-    (benchmarks.platform), built once: the root, the pipeline layer used and the outcomes."""
+    (benchmarks.platform), built once per test run (xdist workers share it: the first to need it
+    builds it while the other waits): the root, the pipeline layer used and the outcomes."""
+    from filelock import FileLock
+
     from benchmarks.platform import build_platform, platform_pipeline
 
     reuse = os.environ.get("SLIPWAY_TEST_PLATFORM_ROOT")
@@ -140,9 +195,16 @@ def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, s
                     for r in (json.loads(Path(path).read_text()) for path in records)}
         layer = platform_pipeline(reuse, str(tmp_path_factory.mktemp("platform") / "p.yaml"))
         return reuse, layer, outcomes
-    folder = tmp_path_factory.mktemp("platform")
-    root, layer = str(folder / "root"), str(folder / "pipeline.yaml")
-    return root, layer, build_platform(root, layer)
+    shared = tmp_path_factory.getbasetemp()
+    if XDIST_WORKER is not None:  # the folder above the workers' own
+        shared = shared.parent
+    folder = shared / "platform"
+    root, layer, built = str(folder / "root"), str(folder / "pipeline.yaml"), folder / "built.json"
+    with FileLock(f"{folder}.lock"):
+        if not built.exists():
+            folder.mkdir(exist_ok=True)
+            built.write_text(json.dumps(build_platform(root, layer)))
+    return root, layer, json.loads(built.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +217,4 @@ def platform_root(platform_build) -> str:
 def root(tmp_path) -> str:
     """A fresh storage root."""
     return str(tmp_path / "root")
+

@@ -6,105 +6,19 @@ node joins, and the run finishes from its last checkpoint (Ray Train fault toler
 from __future__ import annotations
 
 import glob
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.common import free_port
-
-BIN = os.path.dirname(sys.executable)
-
-
-class LocalCluster:
-    """Nodes started with `ray start --block`, each in its own process group."""
-
-    def __init__(self) -> None:
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        self.env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
-                        SLIPWAY_PROGRESS="0", RAY_health_check_period_ms="1000",
-                        RAY_health_check_failure_threshold="3")
-        self.nodes: list[subprocess.Popen] = []
-
-    @property
-    def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def start_node(self, head: bool = False) -> subprocess.Popen:
-        # Each node its own temp dir, as on separate machines (nodes sharing one would share
-        # their runtime-env folders, and one node's agent would replace the job's working dir
-        # under the other's driver); short, for the socket paths inside.
-        temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-        args = [f"{BIN}/ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                "--object-store-memory=400000000", "--disable-usage-stats",
-                f"--temp-dir={temp_dir}",
-                f"--dashboard-agent-listen-port={free_port()}",
-                f"--metrics-export-port={free_port()}"]
-        if head:
-            args += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
-                     f"--ray-client-server-port={free_port()}"]
-        else:
-            args += [f"--address=127.0.0.1:{self.gcs_port}"]
-        proc = subprocess.Popen(args, env=self.env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.nodes.append(proc)
-        return proc
-
-    def alive_nodes(self) -> list[str]:
-        from ray.util.state import list_nodes
-
-        return [n.node_id for n in list_nodes(address=self.dashboard, raise_on_missing_output=False)
-                if n.state == "ALIVE"]
-
-    def wait_for_nodes(self, count: int, timeout_s: float = 120) -> list[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                alive = self.alive_nodes()
-                if len(alive) == count:
-                    return alive
-            except Exception:  # the dashboard is still starting
-                pass
-            time.sleep(1)
-        raise AssertionError(f"the cluster did not reach {count} alive nodes")
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        """Stop a node and everything it started at once, as a lost machine would."""
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-
-    def stop(self) -> None:
-        """Stop every node as Ctrl-C stops `ray start --block`; SIGKILL what lingers."""
-        for proc in self.nodes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # Ctrl-C: `ray start --block` stops its processes
-        for proc in self.nodes:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=60)
-
-    def submit(self, job_id: str, *entrypoint: str, wait: bool = True
-               ) -> subprocess.CompletedProcess:
-        """`ray job submit --working-dir .` from the repository, as from a laptop."""
-        return subprocess.run([f"{BIN}/ray", "job", "submit", f"--address={self.dashboard}",
-                               f"--submission-id={job_id}", "--working-dir", ".",
-                               *([] if wait else ["--no-wait"]), "--", *entrypoint],
-                              env=self.env, capture_output=True, text=True, timeout=600)
+from tests.ray_cluster import LocalCluster
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster()
+    local = LocalCluster(num_cpus=1, object_store_memory=400_000_000,
+                         RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
     local.start_node(head=True)
     local.wait_for_nodes(1)
     local.start_node()

@@ -116,7 +116,9 @@ def test_concept_drift_is_flagged_by_performance_once_labels_arrive(drift_roots,
     assert not any(k.startswith("performance:") for k in waiting.summary["active"])
 
     retrain = "python -c \"print('retraining on fresh data')\""
-    result = run_once(monitor(root, "retrain.enabled=true", f"retrain.entrypoint={retrain}"))
+    dashboard = f"http://{ray_session.dashboard_url}"  # this worker's Ray (make test runs two)
+    result = run_once(monitor(root, "retrain.enabled=true", f"retrain.entrypoint={retrain}",
+                              f"retrain.address={dashboard}"))
     before, after = split(result.summary["windows"])
     for window in before:
         assert not any(d["degraded"] for d in window["degradation"].values()), window["start"]
@@ -124,7 +126,7 @@ def test_concept_drift_is_flagged_by_performance_once_labels_arrive(drift_roots,
         assert window["degradation"]["roc_auc"]["degraded"], window["start"]
     assert "performance:roc_auc" in result.summary["active"]
     # The retraining job ran on the session's Ray.
-    client = JobSubmissionClient(f"http://{ray_session.dashboard_url}")
+    client = JobSubmissionClient(dashboard)
     deadline = time.monotonic() + 300
     while client.get_job_status(result.retrain_job) not in (JobStatus.SUCCEEDED,
                                                             JobStatus.FAILED):

@@ -5,6 +5,7 @@ flags the third batch's embeddings and predicted labels, and nothing in the seco
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime, timezone
 
 from jobs.monitor import MonitorConfig, run_once
@@ -23,13 +24,14 @@ def titles(seed: int, **world) -> list[str]:
 
 
 def classify_all(api, texts: list[str], storage: Storage) -> None:
-    """Classify `texts` and wait until their rows are in the prediction log."""
-    before = len(read_log(storage, "/v1/classify"))  # a row per request
-    requests = [texts[i:i + 50] for i in range(0, len(texts), 50)]
-    for chunk in requests:
-        assert api.post("/v1/classify", json={"texts": chunk}).status_code == 200
+    """Classify `texts`, 50 per request, and wait until those requests' rows are in the
+    prediction log (by their request ids: rows of earlier tests may still be on their way)."""
+    ids = {f"topics-{uuid.uuid4().hex}": texts[i:i + 50] for i in range(0, len(texts), 50)}
+    for request_id, chunk in ids.items():
+        assert api.post("/v1/classify", json={"texts": chunk},
+                        headers={"X-Request-ID": request_id}).status_code == 200
     deadline = time.monotonic() + 120
-    while len(read_log(storage, "/v1/classify")) < before + len(requests):
+    while not set(ids) <= set(read_log(storage, "/v1/classify")["request_id"].to_pylist()):
         assert time.monotonic() < deadline, "the classify answers were not logged"
         time.sleep(0.5)
 

@@ -1,0 +1,103 @@
+"""Local Ray clusters for tests: nodes started as `ray start` would start them on machines, here
+on 127.0.0.1 with ports and temp dirs of their own (the test session's Ray, and the two-node
+cluster of tests/cluster/test_multinode.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.common import free_port
+
+BIN = os.path.dirname(sys.executable)
+
+
+class LocalCluster:
+    """Nodes started with `ray start --block` on 127.0.0.1, each in its own process group with
+    its own temp dir and ports, so that clusters run side by side on one machine."""
+
+    def __init__(self, num_cpus: int = 1, object_store_memory: int | None = None,
+                 **env: str) -> None:
+        self.num_cpus, self.object_store_memory = num_cpus, object_store_memory
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self.env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
+                        SLIPWAY_PROGRESS="0", **env)
+        self.nodes: list[subprocess.Popen] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start_node(self, head: bool = False) -> subprocess.Popen:
+        # Each node its own temp dir, as on separate machines (nodes sharing one would share
+        # their runtime-env folders, and one node's agent would replace the job's working dir
+        # under the other's driver); short, for the socket paths inside.
+        temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+        args = [f"{BIN}/ray", "start", "--block", "--node-ip-address=127.0.0.1",
+                f"--num-cpus={self.num_cpus}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}"]
+        if self.object_store_memory:
+            args.append(f"--object-store-memory={self.object_store_memory}")
+        if head:
+            args += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
+                     f"--ray-client-server-port={free_port()}"]
+        else:
+            args += [f"--address=127.0.0.1:{self.gcs_port}"]
+        proc = subprocess.Popen(args, env=self.env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.nodes.append(proc)
+        return proc
+
+    def alive_nodes(self) -> list[str]:
+        from ray.util.state import list_nodes
+
+        return [n.node_id for n in list_nodes(address=self.dashboard, raise_on_missing_output=False)
+                if n.state == "ALIVE"]
+
+    def wait_for_nodes(self, count: int, timeout_s: float = 120) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                alive = self.alive_nodes()
+                if len(alive) == count:
+                    return alive
+            except Exception:  # the dashboard is still starting
+                pass
+            time.sleep(1)
+        raise AssertionError(f"the cluster did not reach {count} alive nodes")
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """Stop a node and everything it started at once, as a lost machine would."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        """Stop every node as Ctrl-C stops `ray start --block`; SIGKILL what lingers."""
+        for proc in self.nodes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # Ctrl-C: `ray start --block` stops its processes
+        for proc in self.nodes:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+
+    def submit(self, job_id: str, *entrypoint: str, wait: bool = True
+               ) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir .` from the repository, as from a laptop."""
+        return subprocess.run([f"{BIN}/ray", "job", "submit", f"--address={self.dashboard}",
+                               f"--submission-id={job_id}", "--working-dir", ".",
+                               *([] if wait else ["--no-wait"]), "--", *entrypoint],
+                              env=self.env, capture_output=True, text=True, timeout=600)
