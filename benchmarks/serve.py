@@ -23,6 +23,9 @@ updates its key in the existing file.
 5. `--only ab`: `/v1/rank` exposures per second at concurrency 16 with no experiment (assignment
    off) and with a live 50/50 experiment (assignment, variant routing, exposure logging on),
    alternating three rounds each; updates `exposures_per_s`.
+6. `--only cache`: one-text `/v1/classify` at concurrency 1 through the answer cache: texts new
+   to it (misses), then the same texts again (hits); updates `cache_miss_p50_ms`,
+   `cache_hit_p50_ms` (and p99). Every other load sends `Cache-Control: no-cache`.
 """
 
 from __future__ import annotations
@@ -48,10 +51,17 @@ KEY = "sk-bench-0123456789"
 LEVELS = (1, 8, 32)
 
 
-async def load(url: str, path: str, bodies: list[dict], concurrency: int) -> dict:
-    """Send every body once with `concurrency` in flight; requests/s, p50/p99 ms, failures."""
+# Every load measures the model path: the classifier's answer cache is bypassed.
+HEADERS = {"Authorization": f"Bearer {KEY}", "Cache-Control": "no-cache"}
+
+
+async def load(url: str, path: str, bodies: list[dict], concurrency: int,
+               headers: dict[str, str] = HEADERS) -> dict:
+    """Send every body once with `concurrency` in flight; requests/s, p50/p99 ms, failures and
+    the `X-Cache` answers seen."""
     latencies: list[float] = []
     failures = 0
+    cache: dict[str, int] = {}
     queue = iter(bodies)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -62,14 +72,16 @@ async def load(url: str, path: str, bodies: list[dict], concurrency: int) -> dic
             reply = await client.post(path, json=body)
             latencies.append((time.perf_counter() - start) * 1000)
             failures += reply.status_code != 200
+            state = reply.headers.get("X-Cache", "none")
+            cache[state] = cache.get(state, 0) + 1
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
-                                 headers={"Authorization": f"Bearer {KEY}"}) as client:
+                                 headers=headers) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - started
     return {"rps": len(bodies) / seconds, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "failures": failures}
+            "p99_ms": percentile(latencies, 99), "failures": failures, "x_cache": cache}
 
 
 def classify_levels(url: str, texts: list[str], requests: int) -> dict:
@@ -143,7 +155,7 @@ async def load_until(url: str, texts: list[str], concurrency: int, stop: asyncio
                 failed += 1
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
-                                 headers={"Authorization": f"Bearer {KEY}"}) as client:
+                                 headers=HEADERS) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return sent, failed
 
@@ -226,7 +238,19 @@ def exposures(url: str, root: str, requests: int, rounds: int = 3) -> dict:
             "rounds": rps, "requests_per_round": requests, "concurrency": 16}
 
 
-def serve_side(root: str, requests: int, rag_requests: int) -> dict:
+def cache_latency(url: str, texts: list[str], requests: int) -> dict:
+    """One-text /v1/classify at concurrency 1 through the answer cache: `requests` texts new to
+    it (misses), then the same texts again (hits); p50/p99 of each pass."""
+    bodies = [{"texts": [f"{texts[i % len(texts)]} ({i})"]} for i in range(requests)]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    passes = {name: asyncio.run(load(url, "/v1/classify", bodies, 1, headers))
+              for name in ("miss", "hit")}
+    assert passes["miss"]["x_cache"] == {"miss": requests}, passes["miss"]["x_cache"]
+    assert passes["hit"]["x_cache"] == {"hit": requests}, passes["hit"]["x_cache"]
+    return passes
+
+
+def serve_side(root: str, requests: int, rag_requests: int, part: str | None = None) -> dict:
     """Classify batched/unbatched and RAG through the app on a local Ray."""
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -242,6 +266,10 @@ def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     base = serve_config(root, port)
     out: dict = {}
     try:
+        if part == "cache":  # one Classifier replica, so the second pass finds every text
+            client.deploy_applications(set_batching(base, 32))
+            wait_ready(url, 420)
+            return cache_latency(url, texts, requests)
         if requests <= 0:  # --only resilience (0) or ab (-N: N requests per round)
             client.deploy_applications(base)
             wait_ready(url, 420)
@@ -367,7 +395,7 @@ def main() -> None:
     parser.add_argument("--gen-layers", type=int, default=8)
     parser.add_argument("--no-fast", action="store_true",
                         help="leave RAY_SERVE_THROUGHPUT_OPTIMIZED off")
-    parser.add_argument("--only", choices=["resilience", "ab"], default=None,
+    parser.add_argument("--only", choices=["resilience", "ab", "cache"], default=None,
                         help="run one part and update its key in results/serve.json")
     opts = parser.parse_args()
     for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
@@ -392,6 +420,16 @@ def main() -> None:
         results = json.loads((RESULTS / "serve.json").read_text())
         results.update(resilience_results(scenarios))
         write_results("serve", results, resilience_table(scenarios))
+        return
+    if opts.only == "cache":
+        passes = serve_side(root, opts.requests, 0, "cache")
+        results = json.loads((RESULTS / "serve.json").read_text())
+        results.update({f"cache_{name}_{stat}": passes[name][stat]
+                        for name in passes for stat in ("p50_ms", "p99_ms")})
+        results["cache_requests"] = opts.requests
+        write_results("serve", results, [(f"/v1/classify cache {name} (c1)",
+                                          f"p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms")
+                                         for name, v in passes.items()])
         return
     if opts.only == "ab":
         measured = serve_side(root, -opts.requests, 0)["exposures_per_s"]

@@ -4,7 +4,9 @@ Its `user_config` picks the version (`ref`: alias or number) and the batching se
 changing it (`serve deploy` with a new user_config) reloads in place without a restart. An alias
 is followed (serve_apps/follow.py): a promotion or rollback is served within the app's
 `follow_interval_s`. Requests in an experiment name their variant's version (`ref`), held beside
-the default (serve_apps/versions.py); one batch may hold several versions' requests.
+the default (serve_apps/versions.py); one batch may hold several versions' requests. Texts a
+version answered before are answered from the replica's cache (serve_apps/cache.py) unless the
+client sends `Cache-Control: no-cache`; hits and misses are counted per model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 from ray import serve
+from ray.util.metrics import Counter
 
+from serve_apps.cache import AnswerCache
 from serve_apps.follow import follow
 from serve_apps.versions import Versions
 from slipway.config import StrictModel, validate_config
@@ -30,6 +34,8 @@ class ClassifierConfig(StrictModel):
     ref: str | int = "champion"
     max_batch_size: int = Field(default=32, ge=1, description="1 turns batching off")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    cache_entries: int = Field(default=10_000, ge=0, description="texts kept; 0 turns it off")
+    cache_ttl_s: float = Field(default=600.0, gt=0, description="seconds an answer is kept")
 
 
 def answer(mv: ModelVersion, proba: np.ndarray) -> dict:
@@ -51,12 +57,19 @@ class Classifier:
         self.versions = Versions(Registry(Storage(storage_root)), model_name,
                                  ClassifierConfig().ref)
         follow(self.versions.refresh, follow_interval_s, f"classifier {model_name}")
+        self.cache = AnswerCache(0, 1.0)  # sized by reconfigure
+        self.hits = Counter("slipway_cache_hits_total", "Texts answered from the cache",
+                            tag_keys=("model",))
+        self.misses = Counter("slipway_cache_misses_total", "Texts the model answered",
+                              tag_keys=("model",))
 
     async def reconfigure(self, user_config: dict) -> None:
         """Make the version `ref` names the default (loaded off the event loop) and apply the
-        batching settings."""
+        batching and cache settings (a new size or time to live starts an empty cache)."""
         cfg = validate_config(ClassifierConfig, user_config, "Classifier user_config")
         await asyncio.to_thread(self.versions.set_default, cfg.ref)
+        if (cfg.cache_entries, cfg.cache_ttl_s) != (self.cache.max_entries, self.cache.ttl_s):
+            self.cache = AnswerCache(cfg.cache_entries, cfg.cache_ttl_s)
         self._batch.set_max_batch_size(cfg.max_batch_size)
         self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -79,10 +92,32 @@ class Classifier:
                      ) -> list[dict]:
         return await asyncio.to_thread(self._predict, requests, refs)
 
-    async def classify(self, texts: list[str], ref: str | int | None = None) -> dict:
+    async def classify(self, texts: list[str], ref: str | int | None = None,
+                       fresh: bool = False) -> dict:
         """Predictions for one request's texts by the version `ref` names (default: the
-        configured one), batched with concurrent requests."""
-        return await self._batch(texts, ref)
+        configured one): from the cache where that version answered them before (unless
+        `fresh`), the rest batched with concurrent requests; `cached` counts the former."""
+        mv = None if fresh else self.versions.peek(ref)  # None: not loaded yet, or fresh
+        cached = [None] * len(texts) if mv is None else self.cache.get(mv.name, mv.version,
+                                                                       texts)
+        missing = [t for t, c in zip(texts, cached, strict=True) if c is None]
+        if not missing:
+            out = {"model": mv.name, "version": mv.version, "predictions": []}
+        else:
+            out = await self._batch(missing, ref)
+            if mv is not None and out["version"] != mv.version:  # moved meanwhile
+                cached, missing = [None] * len(texts), texts
+                out = await self._batch(texts, ref)
+            self.cache.put(out["model"], out["version"], missing, out["predictions"])
+        answers = iter(out["predictions"])
+        out["predictions"] = [c if c is not None else next(answers) for c in cached]
+        out["cached"] = len(texts) - len(missing)
+        tags = {"model": self.model_name}
+        if out["cached"]:
+            self.hits.inc(out["cached"], tags=tags)
+        if missing:
+            self.misses.inc(len(missing), tags=tags)
+        return out
 
     def ready(self) -> dict:
         """The loaded model and this replica's id, for /readyz."""

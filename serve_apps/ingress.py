@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
@@ -128,6 +128,12 @@ async def call_with_retry(method: Any, *args: Any) -> Any:
             await asyncio.sleep(delay)
 
 
+def no_cache(request: Request) -> bool:
+    """Whether the client asked for a fresh answer (`Cache-Control: no-cache` or `no-store`)."""
+    directives = request.headers.get("cache-control", "").lower().replace(" ", "").split(",")
+    return bool({"no-cache", "no-store"} & set(directives))
+
+
 def authorize(request: Request) -> str:
     """Dependency of every /v1 route: the API key's name (raises 401/403/429)."""
     request.state.api_key = request.app.state.gate.check(request.headers.get("authorization"))
@@ -171,14 +177,21 @@ class Ingress:
         await self.events.close()
 
     @app.post("/v1/classify", response_model=ClassifyResponse, **V1)
-    async def classify(self, body: ClassifyRequest, request: Request) -> dict:
+    async def classify(self, body: ClassifyRequest, request: Request, response: Response
+                       ) -> dict:
         """Topic labels and probabilities for up to 64 texts (by the model version of the
-        caller's variant when an experiment runs on this route)."""
+        caller's variant when an experiment runs on this route); texts that version answered
+        before come from the classifier's cache unless the request says `Cache-Control:
+        no-cache` (`X-Cache: hit`, `partial` or `miss` says which)."""
         start = time.perf_counter()
         exposure = self._exposure("/v1/classify", request, body.user_id, body.context)
         with self._failures_logged(request, "/v1/classify", exposure, start):
             out = await call_with_retry(self.classifier.classify, body.texts,
-                                        exposure.variant.ref if exposure else None)
+                                        exposure.variant.ref if exposure else None,
+                                        no_cache(request))
+        cached = out.pop("cached")
+        response.headers["X-Cache"] = ("hit" if cached == len(body.texts) else
+                                       "partial" if cached else "miss")
         self._log(request, "/v1/classify", out["model"], out["version"], body.texts,
                   out["predictions"], start, exposure)
         return self._tagged(out, exposure)

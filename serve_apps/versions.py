@@ -43,6 +43,11 @@ class Versions:
                                    ref: pair}
         return self.loaded[ref]
 
+    def peek(self, ref: str | int | None = None) -> ModelVersion | None:
+        """The version `ref` names if it is loaded (without loading it), else None."""
+        pair = self.loaded.get(self.default if ref is None else ref)
+        return None if pair is None else pair[1]
+
     def refresh(self) -> None:
         """Load again each alias whose version moved (a promotion or rollback): one read of
         the aliases; a numbered version never moves."""

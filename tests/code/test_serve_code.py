@@ -13,6 +13,7 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 
 from serve_apps.auth import Bucket, Gate, load_keys
+from serve_apps.cache import AnswerCache
 from serve_apps.prediction_log import PredictionLog
 from serve_apps.schemas import ClassifyRequest, CompletionRequest, RankRequest
 from serve_apps.settings import AppSettings, AuthSettings, LoggingSettings
@@ -239,3 +240,24 @@ def test_versions_follow_a_moved_alias_keep_numbers_and_evict_the_least_recently
     weight(5)
     assert set(versions.loaded) == {"champion", 4, 5}  # the default is never evicted
     assert torch.equal(weight(3), nets[2].layer.weight)  # loaded again when asked
+
+
+def test_answer_cache_keys_by_version_and_normalized_text_evicts_lru_and_expires():
+    now = [0.0]
+    cache = AnswerCache(max_entries=2, ttl_s=60, timer=lambda: now[0])
+    cache.put("topic", 1, ["Stocks  rally", "Cafe\u0301 opens"], ["a", "b"])
+    # Whitespace runs and Unicode composition do not make a new input; a version does.
+    assert cache.get("topic", 1, [" Stocks rally ", "Caf\u00e9 opens", "other"]) == ["a", "b",
+                                                                                    None]
+    assert cache.get("topic", 2, ["Stocks rally"]) == [None]
+    assert cache.get("other", 1, ["Stocks rally"]) == [None]
+    # Least recently used goes first: "Stocks rally" was read last, so "Cafe opens" makes room.
+    cache.get("topic", 1, ["Stocks rally"])
+    cache.put("topic", 1, ["third"], ["c"])
+    assert cache.get("topic", 1, ["Stocks rally", "Caf\u00e9 opens", "third"]) == ["a", None,
+                                                                                  "c"]
+    now[0] = 61.0  # past the time to live: nothing is served
+    assert cache.get("topic", 1, ["Stocks rally", "third"]) == [None, None]
+    off = AnswerCache(max_entries=0, ttl_s=60)
+    off.put("topic", 1, ["x"], ["a"])
+    assert off.get("topic", 1, ["x"]) == [None]

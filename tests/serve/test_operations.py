@@ -1,4 +1,5 @@
-"""Operating the app: a new classifier version loaded in place through user_config, autoscaling
+"""Operating the app: a new classifier version loaded in place through user_config (and the
+classifier's answer cache, which never serves one version's answer for another), autoscaling
 up under load and back down, a replica killed under load and replaced, and the route metrics on
 Ray's Prometheus endpoint."""
 
@@ -15,12 +16,23 @@ import torch
 from llm.index import IndexSettings, VectorIndex, build_faiss
 from slipway.registry import Registry
 from slipway.storage import Storage
-from tests.metrics import scrape
+from tests.metrics import samples, scrape
 from tests.serve.conftest import KEYS
 
 
 def classifier_options(config: dict) -> dict:
     return next(d for d in config["applications"][0]["deployments"] if d["name"] == "Classifier")
+
+
+def cache_counts(until) -> tuple[float, float]:
+    """The classifier's cache hits and misses on Ray's metrics endpoint (summed over replicas),
+    once `until(hits, misses)` holds (or the last values read)."""
+    def counts(text: str) -> tuple[float, float]:
+        return tuple(sum(v for _, v in samples(text, f"ray_slipway_cache_{kind}_total",
+                                               model="article_topic"))
+                     for kind in ("hits", "misses"))
+
+    return counts(scrape(lambda text: until(*counts(text))))
 
 
 def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, platform_root):
@@ -35,19 +47,41 @@ def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, pl
                             champion.metadata["architecture"]["params"], **champion.recorded)
     before = api.get("/readyz").json()["classifier"]
 
+    # The answer cache: a text the champion answered is answered again identically from the
+    # cache (however it is spaced); `Cache-Control: no-cache` asks the model again.
+    text = "Stock markets rallied as bank shares climbed"
+    first = api.post("/v1/classify", json={"texts": [text]})
+    assert first.headers["X-Cache"] == "miss"
+    assert first.json()["predictions"][0]["label"] != labels[-1]  # what the new version says
+    again = [api.post("/v1/classify", json={"texts": [f"  {text} ", f"{text} today"]})
+             for _ in range(3)]
+    assert all(a.json()["predictions"][0] == first.json()["predictions"][0] for a in again)
+    # Four requests for the text on at most two replicas (each with its own cache): at least
+    # one was answered from a cache.
+    found = [{"hit": 2, "partial": 1, "miss": 0}[a.headers["X-Cache"]] for a in again]
+    assert sum(found) >= 1, [a.headers["X-Cache"] for a in again]
+    fresh = api.post("/v1/classify", json={"texts": [text]}, headers={"Cache-Control": "no-cache"})
+    assert fresh.headers["X-Cache"] == "miss"
+    assert fresh.json()["predictions"] == first.json()["predictions"]
+    misses = 2 + sum(2 - n for n in found)  # first, fresh and the texts not found above
+    exported = cache_counts(lambda h, m: h >= sum(found) and m >= misses)
+    assert exported[0] >= sum(found) and exported[1] >= misses, exported  # counted on Ray
+
     config = copy.deepcopy(serve_config)
     classifier_options(config)["user_config"]["ref"] = new.version
     deploy(config)
     deadline, seen = time.monotonic() + 180, []
     while time.monotonic() < deadline:
-        reply = api.post("/v1/classify", json={"texts": ["markets and stocks"]})
+        reply = api.post("/v1/classify", json={"texts": ["markets and stocks", text]})
         assert reply.status_code == 200  # no request fails during the switch
         seen.append(reply.json()["version"])
         if seen[-1] == new.version:
             break
         time.sleep(0.2)
     assert seen[-1] == new.version
-    assert reply.json()["predictions"][0]["label"] == labels[-1]
+    # The new version's answers: its own, never the champion's cached one for the same text.
+    assert [p["label"] for p in reply.json()["predictions"]] == [labels[-1]] * 2
+    assert reply.headers["X-Cache"] == "miss"
     after = api.get("/readyz").json()["classifier"]
     assert after["replica"] == before["replica"]  # reconfigured, not restarted
     deploy(serve_config)  # back to the champion for the other tests
@@ -129,9 +163,11 @@ def test_a_rebuilt_index_is_served_without_a_failed_request(api, platform_root):
 
 async def _load(base_url: str, total: int, concurrency: int, stop: asyncio.Event | None = None,
                 seen: list | None = None) -> list[httpx.Response | None]:
-    """Up to `total` one-text classify requests from `concurrency` clients (until `stop`);
+    """Up to `total` one-text classify requests from `concurrency` clients (until `stop`),
+    past the answer cache;
     the replies in order of arrival (None for a connection error), also appended to `seen`."""
-    headers = {"Authorization": f"Bearer {KEYS['tester']}"}
+    headers = {"Authorization": f"Bearer {KEYS['tester']}",
+               "Cache-Control": "no-cache"}  # load on the model, not on the answer cache
     replies: list[httpx.Response | None] = [] if seen is None else seen
     queue = iter(range(total))
 
