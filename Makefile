@@ -30,7 +30,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 # The Python that runs the Label Studio SDK for slipway.labeling.studio.
 export LABEL_STUDIO_PYTHON ?= $(abspath $(LS_VENV))/bin/python
 
-.PHONY: setup label-studio demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab bench-labeling clean
+.PHONY: setup label-studio demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab bench-labeling bench-optimize clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,15 @@ $(LS_STAMP):
 	$(LS_VENV)/bin/pip install -q label-studio==1.23.2 label-studio-sdk==2.1.2
 	rm -f $(LS_VENV)/.installed-* && touch $@
 
-label-studio: $(LS_STAMP)
+# A data dir started once (database migrated, admin made): servers in tests and the demo start
+# from a copy of it instead of migrating for a minute.
+LS_TEMPLATE := $(LS_VENV)/template/label_studio.sqlite3
+$(LS_TEMPLATE): $(LS_STAMP) $(STAMP)
+	rm -rf $(LS_VENV)/template
+	$(BIN)/python -c "import sys; from slipway.labeling.studio import prepare_template; \
+		prepare_template(sys.argv[1])" $(LS_VENV)/template
+
+label-studio: $(LS_TEMPLATE)
 
 redis:
 	@command -v redis-server >/dev/null || \
@@ -93,7 +101,8 @@ demo: setup label-studio
 		--experiment configs/experiments/ranker_ab.yaml --visits 600
 	@echo "== labeling: one round on what /v1/classify served, in a local Label Studio =="
 	$(BIN)/python -m jobs.labeling_round --config configs/labeling_round.yaml \
-		--set storage.root=$(ROOT) --set start_label_studio.data_dir=$(ROOT)-label-studio
+		--set storage.root=$(ROOT) --set start_label_studio.data_dir=$(ROOT)-label-studio \
+		--set start_label_studio.template=$(LS_VENV)/template
 
 test: setup redis label-studio
 	$(BIN)/ruff check .
@@ -127,6 +136,9 @@ bench-ab: setup
 
 bench-labeling: setup
 	$(BIN)/python -m benchmarks.labeling
+
+bench-optimize: setup
+	$(BIN)/python -m benchmarks.optimize
 
 clean:
 	rm -rf $(ROOT) $(DRIFTED) $(ROOT)-label-studio

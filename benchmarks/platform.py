@@ -46,3 +46,19 @@ def build_platform(root: str, layer_path: str) -> dict[str, str]:
     """Run the pipeline (every stage but tuning) on `root`; return {stage: outcome}."""
     paths = ["configs/pipeline.yaml", platform_pipeline(root, layer_path)]
     return pipeline(load_config(PipelineConfig, paths))
+
+
+def ensure_platform(root: str | None) -> str:
+    """`root` if given, else `benchmarks/.serve-root`, built on a local Ray the first time."""
+    import os
+
+    import ray
+
+    if root is not None:
+        return os.path.abspath(root)
+    root = os.path.abspath("benchmarks/.serve-root")
+    if not os.path.exists(f"{root}/indexes"):
+        ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
+        build_platform(root, f"{root}.pipeline.yaml")
+        ray.shutdown()
+    return root

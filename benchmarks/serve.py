@@ -23,9 +23,7 @@ updates its key in the existing file.
 5. `--only ab`: `/v1/rank` exposures per second at concurrency 16 with no experiment (assignment
    off) and with a live 50/50 experiment (assignment, variant routing, exposure logging on),
    alternating three rounds each; updates `exposures_per_s`.
-6. `--only cache`: one-text `/v1/classify` at concurrency 1 through the answer cache: texts new
-   to it (misses), then the same texts again (hits); updates `cache_miss_p50_ms`,
-   `cache_hit_p50_ms` (and p99). Every other load sends `Cache-Control: no-cache`.
+Every load sends `Cache-Control: no-cache` (benchmarks/optimize.py measures the answer cache).
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.common import RESULTS, env_info, free_port, percentile, write_results
+from benchmarks.platform import ensure_platform
 
 KEY = "sk-bench-0123456789"
 LEVELS = (1, 8, 32)
@@ -89,6 +88,17 @@ def classify_levels(url: str, texts: list[str], requests: int) -> dict:
     bodies = [{"texts": [texts[i % len(texts)]]} for i in range(requests)]
     asyncio.run(load(url, "/v1/classify", bodies[:32], 8))
     return {f"c{c}": asyncio.run(load(url, "/v1/classify", bodies, c)) for c in LEVELS}
+
+
+def app_environment(fast: bool = True) -> None:
+    """The environment the app runs in for a benchmark: the benchmark's key, offline, no
+    progress bars or Ray token auth, and (`fast`) Serve's throughput-optimized path."""
+    for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
+                        ("HF_HUB_OFFLINE", "1"), ("WANDB_MODE", "disabled")):
+        os.environ.setdefault(name, value)
+    os.environ["SLIPWAY_BENCH_KEYS"] = f"bench={KEY}"
+    if fast:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
 
 
 def serve_config(root: str, port: int) -> dict:
@@ -238,19 +248,7 @@ def exposures(url: str, root: str, requests: int, rounds: int = 3) -> dict:
             "rounds": rps, "requests_per_round": requests, "concurrency": 16}
 
 
-def cache_latency(url: str, texts: list[str], requests: int) -> dict:
-    """One-text /v1/classify at concurrency 1 through the answer cache: `requests` texts new to
-    it (misses), then the same texts again (hits); p50/p99 of each pass."""
-    bodies = [{"texts": [f"{texts[i % len(texts)]} ({i})"]} for i in range(requests)]
-    headers = {"Authorization": f"Bearer {KEY}"}
-    passes = {name: asyncio.run(load(url, "/v1/classify", bodies, 1, headers))
-              for name in ("miss", "hit")}
-    assert passes["miss"]["x_cache"] == {"miss": requests}, passes["miss"]["x_cache"]
-    assert passes["hit"]["x_cache"] == {"hit": requests}, passes["hit"]["x_cache"]
-    return passes
-
-
-def serve_side(root: str, requests: int, rag_requests: int, part: str | None = None) -> dict:
+def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     """Classify batched/unbatched and RAG through the app on a local Ray."""
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -266,10 +264,6 @@ def serve_side(root: str, requests: int, rag_requests: int, part: str | None = N
     base = serve_config(root, port)
     out: dict = {}
     try:
-        if part == "cache":  # one Classifier replica, so the second pass finds every text
-            client.deploy_applications(set_batching(base, 32))
-            wait_ready(url, 420)
-            return cache_latency(url, texts, requests)
         if requests <= 0:  # --only resilience (0) or ab (-N: N requests per round)
             client.deploy_applications(base)
             wait_ready(url, 420)
@@ -395,41 +389,16 @@ def main() -> None:
     parser.add_argument("--gen-layers", type=int, default=8)
     parser.add_argument("--no-fast", action="store_true",
                         help="leave RAY_SERVE_THROUGHPUT_OPTIMIZED off")
-    parser.add_argument("--only", choices=["resilience", "ab", "cache"], default=None,
+    parser.add_argument("--only", choices=["resilience", "ab"], default=None,
                         help="run one part and update its key in results/serve.json")
     opts = parser.parse_args()
-    for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
-                        ("HF_HUB_OFFLINE", "1"), ("WANDB_MODE", "disabled")):
-        os.environ.setdefault(name, value)
-    os.environ["SLIPWAY_BENCH_KEYS"] = f"bench={KEY}"
-    if not opts.no_fast:
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    root = opts.root
-    if root is None:
-        import ray
-
-        from benchmarks.platform import build_platform
-
-        root = os.path.abspath("benchmarks/.serve-root")
-        if not os.path.exists(f"{root}/indexes"):
-            ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-            build_platform(root, f"{root}.pipeline.yaml")
-            ray.shutdown()
+    app_environment(fast=not opts.no_fast)
+    root = ensure_platform(opts.root)
     if opts.only == "resilience":
         scenarios = serve_side(root, 0, 0)["resilience"]
         results = json.loads((RESULTS / "serve.json").read_text())
         results.update(resilience_results(scenarios))
         write_results("serve", results, resilience_table(scenarios))
-        return
-    if opts.only == "cache":
-        passes = serve_side(root, opts.requests, 0, "cache")
-        results = json.loads((RESULTS / "serve.json").read_text())
-        results.update({f"cache_{name}_{stat}": passes[name][stat]
-                        for name in passes for stat in ("p50_ms", "p99_ms")})
-        results["cache_requests"] = opts.requests
-        write_results("serve", results, [(f"/v1/classify cache {name} (c1)",
-                                          f"p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms")
-                                         for name, v in passes.items()])
         return
     if opts.only == "ab":
         measured = serve_side(root, -opts.requests, 0)["exposures_per_s"]

@@ -39,6 +39,9 @@ class LocalStudio(StrictModel):
 
     data_dir: str = Field(description="its SQLite database and files")
     port: int = Field(default=8090, ge=1024, le=65535)
+    template: str | None = Field(
+        default=".label-studio/template", description="a started data dir (make label-studio "
+        "makes this one) whose database an empty data_dir copies; null: migrate a new one")
 
 
 class RoundConfig(JobConfig):
@@ -104,7 +107,8 @@ def main(cfg: RoundConfig) -> dict[str, Any]:
         return run_round(cfg, cfg.label_studio)
     print(f"starting Label Studio on 127.0.0.1:{cfg.start_label_studio.port} "
           f"({cfg.start_label_studio.data_dir})", flush=True)
-    with LocalServer(cfg.start_label_studio.data_dir, cfg.start_label_studio.port) as studio:
+    local = cfg.start_label_studio
+    with LocalServer(local.data_dir, local.port, template=local.template) as studio:
         return run_round(cfg, studio)
 
 

@@ -100,6 +100,20 @@ def config_hash(cfg: JobConfig) -> str:
 FIRST_PARTY = ("jobs", "slipway", "llm")
 
 
+def parse(path: str) -> ast.Module:
+    """The syntax tree of a Python file. CPython 3.11 keeps the AST converter's recursion depth
+    in state shared by threads, so a parse racing one in another thread (Ray's, W&B's) can
+    fail with `SystemError: AST constructor recursion depth mismatch` (CPython gh-106905): such a
+    parse is simply repeated."""
+    source = Path(path).read_text()
+    for _ in range(4):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            continue
+    return ast.parse(source)
+
+
 def code_version(module: str, first_party: tuple[str, ...] = FIRST_PARTY) -> str:
     """A hash of the code of `module` and of every first-party module it imports, directly or
     through others (imports inside functions included). Parsed, so comments and formatting do
@@ -116,7 +130,7 @@ def code_version(module: str, first_party: tuple[str, ...] = FIRST_PARTY) -> str
             spec = None
         if spec is None or not (spec.origin or "").endswith(".py"):
             continue
-        tree = ast.parse(Path(spec.origin).read_text())
+        tree = parse(spec.origin)
         trees[name] = ast.dump(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 from ray import serve
-from ray.util.metrics import Counter
+from ray.util.metrics import Counter, Histogram
 
 from serve_apps.cache import AnswerCache
 from serve_apps.follow import follow
@@ -62,6 +62,10 @@ class Classifier:
                             tag_keys=("model",))
         self.misses = Counter("slipway_cache_misses_total", "Texts the model answered",
                               tag_keys=("model",))
+        # How many requests @serve.batch merged into each model call: batching at work.
+        self.batches = Histogram("slipway_classifier_batch_requests",
+                                 "Requests per batched model call", tag_keys=("model",),
+                                 boundaries=[1, 2, 4, 8, 16, 32, 64])
 
     async def reconfigure(self, user_config: dict) -> None:
         """Make the version `ref` names the default (loaded off the event loop) and apply the
@@ -90,6 +94,7 @@ class Classifier:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batch(self, requests: list[list[str]], refs: list[str | int | None]
                      ) -> list[dict]:
+        self.batches.observe(len(requests), tags={"model": self.model_name})
         return await asyncio.to_thread(self._predict, requests, refs)
 
     async def classify(self, texts: list[str], ref: str | int | None = None,

@@ -45,6 +45,22 @@ def architecture(name: str) -> Callable[[Callable[..., torch.nn.Module]],
     return register
 
 
+# Loaders of versions stored as folders for another runtime (`runtime` in their metadata, e.g.
+# `onnxruntime`), by runtime name: each takes the local folder and the version.
+RUNTIMES: dict[str, Callable[[str, ModelVersion], Any]] = {}
+
+
+def runtime(name: str) -> Callable[[Callable[[str, ModelVersion], Any]],
+                                   Callable[[str, ModelVersion], Any]]:
+    """Function decorator: make a folder loader the registry's loader for runtime `name`."""
+
+    def register(loader: Callable[[str, ModelVersion], Any]) -> Callable[[str, ModelVersion], Any]:
+        RUNTIMES[name] = loader
+        return loader
+
+    return register
+
+
 class RegistryError(LookupError):
     """A model, version or alias that does not exist; the message lists what does."""
 
@@ -190,13 +206,21 @@ class Registry:
         return self.storage.update_json(change, {"aliases": {}, "history": []},
                                         "models", name, "aliases.json")
 
-    def load(self, name: str, ref: str | int = "champion") -> tuple[torch.nn.Module, ModelVersion]:
-        """Rebuild the model of a version from its architecture and weights, in eval mode."""
+    def load(self, name: str, ref: str | int = "champion") -> tuple[Any, ModelVersion]:
+        """The model of a version, ready to predict: rebuilt from its architecture and weights
+        in eval mode, or loaded by the runtime its metadata names (an ONNX variant)."""
+        import slipway.models  # noqa: F401 (registers the shipped architectures and runtimes)
+
         mv = self.get(name, ref)
+        if "runtime" in mv.metadata:
+            if mv.metadata["runtime"] not in RUNTIMES:
+                raise RegistryError(f"{name} v{mv.version} needs runtime "
+                                    f"{mv.metadata['runtime']!r}; known: {sorted(RUNTIMES)}")
+            folder, _ = self.fetch(name, mv.version)
+            return RUNTIMES[mv.metadata["runtime"]](folder, mv), mv
         if mv.metadata.get("format") == "folder":
             raise RegistryError(f"{name} v{mv.version} is a {mv.metadata['kind']} folder; "
                                 "use Registry.fetch")
-        import slipway.models  # noqa: F401 (registers the shipped architectures)
 
         arch = mv.metadata["architecture"]
         if arch["name"] not in ARCHITECTURES:

@@ -25,8 +25,8 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::Futu
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SLIPWAY_PROGRESS", "0")
-os.environ.setdefault("LABEL_STUDIO_PYTHON",
-                      str(Path(__file__).resolve().parent.parent / ".label-studio/bin/python"))
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("LABEL_STUDIO_PYTHON", str(ROOT / ".label-studio/bin/python"))
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest-xdist
 
 
@@ -148,11 +148,13 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 
 
 def start_label_studio() -> object:
-    """A local Label Studio server starting in a scratch folder (slipway.labeling.studio)."""
+    """A local Label Studio server starting in a scratch folder from the template that
+    `make label-studio` made (its database migrated once; slipway.labeling.studio)."""
     from benchmarks.common import free_port
     from slipway.labeling.studio import LocalServer
 
-    return LocalServer(tempfile.mkdtemp(prefix="slipway-label-studio-"), free_port()).start()
+    return LocalServer(tempfile.mkdtemp(prefix="slipway-label-studio-"), free_port(),
+                       template=str(ROOT / ".label-studio/template")).start()
 
 
 def pytest_unconfigure(config) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -24,6 +25,10 @@ from slipway.errors import SlipwayError
 from slipway.labeling.tasks import FROM, TO
 
 SDK_SCRIPT = os.path.join(os.path.dirname(__file__), "studio_sdk.py")
+DATABASE = "label_studio.sqlite3"
+# A started data dir's state: the database (migrated, with the admin), the admin's API token and
+# the Django secret key.
+TEMPLATE_FILES = (DATABASE, ".api_token", ".env")
 
 
 class StudioSettings(BaseModel):
@@ -100,10 +105,15 @@ class LocalServer:
     settings that reach it; `stop()` ends it. As a context manager it is started and ready inside
     the block. Its admin (`admin@slipway.local`) has the API token kept in `data_dir/.api_token`
     (made on first start; legacy token auth on), which `start()` puts in the settings'
-    environment variable. The first start migrates the database (about a minute)."""
+    environment variable. The first start migrates the database (about a minute); with a
+    `template` (a data dir made by `prepare_template`, as `make label-studio` does) an empty
+    `data_dir` starts from a copy of its migrated database, admin and secrets instead."""
 
-    def __init__(self, data_dir: str, port: int, executable: str | None = None) -> None:
-        self.data_dir, self.log = data_dir, os.path.join(data_dir, "server.log")
+    def __init__(self, data_dir: str, port: int, executable: str | None = None,
+                 template: str | None = None) -> None:
+        self.data_dir = os.path.abspath(data_dir)  # Label Studio resolves it from its own cwd
+        self.log = os.path.join(self.data_dir, "server.log")
+        self.template = template
         self.settings = StudioSettings(url=f"http://127.0.0.1:{port}")
         self.executable = executable or os.path.join(
             os.path.dirname(self.settings.python), "label-studio")
@@ -114,6 +124,10 @@ class LocalServer:
         if self.server is not None:
             return self
         os.makedirs(self.data_dir, exist_ok=True)
+        if self.template and os.path.exists(os.path.join(self.template, DATABASE)) \
+                and not os.path.exists(os.path.join(self.data_dir, DATABASE)):
+            for name in TEMPLATE_FILES:
+                shutil.copy2(os.path.join(self.template, name), self.data_dir)
         token_file = os.path.join(self.data_dir, ".api_token")
         if not os.path.exists(token_file):
             with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
@@ -164,3 +178,16 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def prepare_template(folder: str) -> str:
+    """Start a server once in `folder` on a free port (migrating its database and making the
+    admin) and stop it: a template for `LocalServer`; the folder."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with LocalServer(folder, port):
+        pass
+    return folder

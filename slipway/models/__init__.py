@@ -1,3 +1,4 @@
-"""Model architectures; importing the package registers every one of them with the registry."""
+"""Model architectures and runtimes; importing the package registers every one of them with the
+registry."""
 
-from slipway.models import engagement, text  # noqa: F401
+from slipway.models import engagement, onnx, text  # noqa: F401

@@ -47,19 +47,28 @@ class TextClassifier(nn.Module):
     """Logits over `num_classes` from text (token ids) or from precomputed embeddings `x`.
 
     With `train_encoder` false the encoder's weights are frozen and are not stored with the model
-    (`pretrained_prefixes`): the registry loads them from `encoder` instead.
+    (`pretrained_prefixes`): the registry loads them from `encoder` instead. `encoder_layers`
+    keeps only the encoder's first layers (a distilled student, whose weights are all stored).
     """
 
     def __init__(self, encoder: str, num_classes: int, hidden: list[int], dropout: float = 0.1,
-                 train_encoder: bool = False, max_length: int = 128) -> None:
+                 train_encoder: bool = False, max_length: int = 128,
+                 encoder_layers: int | None = None) -> None:
         super().__init__()
         from transformers import AutoModel
 
         self.encoder_name = encoder
         self.max_length = max_length
         self.encoder = AutoModel.from_pretrained(encoder_path(encoder))
+        if encoder_layers is not None:
+            layers = self.encoder.encoder.layer
+            if not 0 < encoder_layers <= len(layers):
+                raise ValueError(f"encoder_layers={encoder_layers}: {encoder} has {len(layers)}")
+            self.encoder.encoder.layer = layers[:encoder_layers]
+            self.encoder.config.num_hidden_layers = encoder_layers
         self.encoder.requires_grad_(train_encoder)
-        self.pretrained_prefixes = () if train_encoder else ("encoder.",)
+        stored = train_encoder or encoder_layers is not None
+        self.pretrained_prefixes = () if stored else ("encoder.",)
         self.head = mlp(self.encoder.config.hidden_size, hidden, dropout, num_classes)
         self._tokenizer = None
 

@@ -1,7 +1,7 @@
-"""Operating the app: a new classifier version loaded in place through user_config (and the
-classifier's answer cache, which never serves one version's answer for another), autoscaling
-up under load and back down, a replica killed under load and replaced, and the route metrics on
-Ray's Prometheus endpoint."""
+"""Operating the app: a new classifier version (as its ONNX int8 variant) loaded in place
+through user_config (and the classifier's answer cache, which never serves one version's answer
+for another), autoscaling up under load and back down, a replica killed under load and
+replaced, and the route metrics on Ray's Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import httpx
 import ray
 import torch
 
+from jobs.optimize import OptimizeConfig
+from jobs.optimize import main as optimize_job
 from llm.index import IndexSettings, VectorIndex, build_faiss
+from slipway.config import load_config
 from slipway.registry import Registry
 from slipway.storage import Storage
 from tests.metrics import samples, scrape
@@ -35,16 +38,23 @@ def cache_counts(until) -> tuple[float, float]:
     return counts(scrape(lambda text: until(*counts(text))))
 
 
-def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, platform_root):
+def test_a_new_version_served_as_its_onnx_int8_variant_is_loaded_in_place(
+        api, serve_config, deploy, platform_root):
     registry = Registry(Storage(platform_root))
     model, champion = registry.load("article_topic", "champion")
     labels = champion.metadata["labels"]
     head = model.head[-1]
     with torch.no_grad():  # a version that always says labels[-1]: its answers show it is live
         head.bias[-1] += 100.0
-    new = registry.register("article_topic", model.trained_state(),
-                            champion.metadata["architecture"]["name"],
-                            champion.metadata["architecture"]["params"], **champion.recorded)
+    biased = registry.register("article_topic", model.trained_state(),
+                               champion.metadata["architecture"]["name"],
+                               champion.metadata["architecture"]["params"], **champion.recorded)
+    # Its ONNX Runtime int8 variant (jobs.optimize), served by number like any version.
+    new = optimize_job(load_config(OptimizeConfig, "configs/optimize.yaml", [
+        f"storage.root={platform_root}", "tracking.mode=disabled", f"ref={biased.version}",
+        "variants=[onnx_int8]", "alias=null", "measure.calls_b1=10", "measure.batches_b32=1"]
+    )).versions["onnx_int8"]
+    assert new.metadata["runtime"] == "onnxruntime"
     before = api.get("/readyz").json()["classifier"]
 
     # The answer cache: a text the champion answered is answered again identically from the
@@ -79,7 +89,8 @@ def test_new_classifier_version_is_loaded_in_place(api, serve_config, deploy, pl
             break
         time.sleep(0.2)
     assert seen[-1] == new.version
-    # The new version's answers: its own, never the champion's cached one for the same text.
+    # The variant's answers (the registry loaded it with ONNX Runtime): its own, never the
+    # champion's cached one for the same text.
     assert [p["label"] for p in reply.json()["predictions"]] == [labels[-1]] * 2
     assert reply.headers["X-Cache"] == "miss"
     after = api.get("/readyz").json()["classifier"]
@@ -205,7 +216,8 @@ def alive_classifiers() -> dict[str, str]:
     """{actor id: actor name} of the Classifier replicas alive now."""
     from ray.util.state import list_actors
 
-    return {a.actor_id: a.name for a in list_actors(filters=[("state", "=", "ALIVE")])
+    return {a.actor_id: a.name for a in list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
             if a.class_name.endswith("Classifier")}
 
 
@@ -263,3 +275,10 @@ def test_route_metrics_reach_rays_prometheus_endpoint(api):
     assert any(line.startswith("ray_slipway_errors_total") and 'status="422"' in line
                for line in lines)
     assert any(line.startswith("ray_slipway_request_latency_ms_bucket") for line in lines)
+    # Under the concurrent loads before this test, @serve.batch merged requests: the classifier
+    # made fewer model calls than it answered requests.
+    calls = sum(v for _, v in samples(text, "ray_slipway_classifier_batch_requests_count",
+                                      model="article_topic"))
+    merged = sum(v for _, v in samples(text, "ray_slipway_classifier_batch_requests_sum",
+                                       model="article_topic"))
+    assert 0 < calls < merged, (calls, merged)

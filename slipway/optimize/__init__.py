@@ -1,0 +1,1 @@
+"""Faster variants of registered models: distillation and the measurements that compare them."""
