@@ -33,6 +33,8 @@ from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig, StrictModel, load_config
 from slipway.labeling.studio import LocalServer, StudioSettings
 
+StepConfig = str | list[str]
+
 
 class LocalStudio(StrictModel):
     """A Label Studio server started for the round."""
@@ -51,15 +53,16 @@ class RoundConfig(JobConfig):
     project: str = Field(default="article_topic", pattern=r"^[A-Za-z0-9_-]+$")
     label_studio: StudioSettings | None = None
     start_label_studio: LocalStudio | None = None
-    select: str = "configs/select_for_labeling.yaml"
-    annotators: str | None = Field(default="configs/simulate_annotators.yaml",
-                                   description="simulated annotators' config; null: people")
-    accept: str = "configs/accept_labels.yaml"
-    train: str = "configs/train_text.yaml"
-    promote: str = "configs/promote_text.yaml"
+    # Each step's config: a file, or a list of files layered in order (later keys win).
+    select: StepConfig = "configs/select_for_labeling.yaml"
+    annotators: StepConfig | None = Field(default="configs/simulate_annotators.yaml",
+                                          description="simulated annotators' config; null: people")
+    accept: StepConfig = "configs/accept_labels.yaml"
+    train: StepConfig = "configs/train_text.yaml"
+    promote: StepConfig = "configs/promote_text.yaml"
 
 
-def step(cfg: RoundConfig, model: type, path: str, studio: StudioSettings | None,
+def step(cfg: RoundConfig, model: type, path: StepConfig, studio: StudioSettings | None,
          *overrides: str) -> Any:
     """A step's config: its file and `overrides`, with the round's shared sections."""
     loaded = load_config(model, path, [f"project={cfg.project}", *overrides]

@@ -50,7 +50,7 @@ def test_the_pipeline_builds_the_platform_then_reruns_only_what_changed(platform
     # A new training setting: train reruns, and so do the stages that read its model.
     epochs = tmp_path / "epochs.yaml"
     epochs.write_text(yaml.safe_dump({"stages": [
-        {"name": "train", "set": [*SMALL["train"], "model.epochs=1"]}]}))
+        {"name": "train", "set": [*SMALL["train"], "model.epochs=1", "trainer.num_workers=1"]}]}))
     cli([*config, "--config", str(epochs)])
     changed = outcomes(capsys)
     changed.pop("monitor")

@@ -60,9 +60,14 @@ def test_a_round_through_label_studio_retrains_the_classifier_and_equals_the_fil
     registry = Registry(Storage(studio_root))
     champion_before = registry.get(PROJECT).version
 
+    # The retraining at the platform's small size (one worker, three epochs), layered over the
+    # shipped config.
+    small = tmp_path / "train_small.yaml"
+    small.write_text("trainer: {num_workers: 1, keep_checkpoints: null}\n"
+                     "model: {epochs: 3}\ntext: {embed_actors: 1}\n")
     out = labeling_round(load_config(RoundConfig, "configs/labeling_round.yaml", [
         f"storage.root={studio_root}", "tracking.mode=disabled", "start_label_studio=null",
-        f"label_studio.url={label_studio.url}"]))
+        f"label_studio.url={label_studio.url}", f"train=[configs/train_text.yaml, {small}]"]))
     storage = Storage(studio_root)
     name = out["picks"].attrs["round"]
     folder = ("labeling", PROJECT, "rounds", name)
