@@ -248,8 +248,9 @@ def exposures(url: str, root: str, requests: int, rounds: int = 3) -> dict:
             "rounds": rps, "requests_per_round": requests, "concurrency": 16}
 
 
-def serve_side(root: str, requests: int, rag_requests: int) -> dict:
-    """Classify batched/unbatched and RAG through the app on a local Ray."""
+def serve_side(root: str, requests: int, rag_requests: int, only: str | None = None) -> dict:
+    """Classify batched/unbatched, resilience and RAG through the app on a local Ray; with
+    `only`, just the resilience scenarios or the A/B exposures (`requests` per round)."""
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
@@ -264,11 +265,11 @@ def serve_side(root: str, requests: int, rag_requests: int) -> dict:
     base = serve_config(root, port)
     out: dict = {}
     try:
-        if requests <= 0:  # --only resilience (0) or ab (-N: N requests per round)
+        if only is not None:
             client.deploy_applications(base)
             wait_ready(url, 420)
-            if requests < 0:
-                return {"exposures_per_s": exposures(url, root, -requests)}
+            if only == "ab":
+                return {"exposures_per_s": exposures(url, root, requests)}
             return {"resilience": resilience(url, base, client.deploy_applications, texts)}
         for name, size in (("batched", 32), ("unbatched", 1)):
             client.deploy_applications(set_batching(base, size))
@@ -395,13 +396,13 @@ def main() -> None:
     app_environment(fast=not opts.no_fast)
     root = ensure_platform(opts.root)
     if opts.only == "resilience":
-        scenarios = serve_side(root, 0, 0)["resilience"]
+        scenarios = serve_side(root, 0, 0, only="resilience")["resilience"]
         results = json.loads((RESULTS / "serve.json").read_text())
         results.update(resilience_results(scenarios))
         write_results("serve", results, resilience_table(scenarios))
         return
     if opts.only == "ab":
-        measured = serve_side(root, -opts.requests, 0)["exposures_per_s"]
+        measured = serve_side(root, opts.requests, 0, only="ab")["exposures_per_s"]
         results = json.loads((RESULTS / "serve.json").read_text())
         results["exposures_per_s"] = measured
         write_results("serve", results, [(f"/v1/rank {k} (c16)", f"{v:.1f}/s") for k, v in

@@ -113,7 +113,8 @@ def test_every_shipped_config_validates_against_its_job():
             "select_for_labeling": "jobs.select_for_labeling:SelectConfig",
             "simulate_annotators": "jobs.simulate_annotators:SimulateConfig",
             "accept_labels": "jobs.accept_labels:AcceptConfig",
-            "labeling_round": "jobs.labeling_round:RoundConfig"}
+            "labeling_round": "jobs.labeling_round:RoundConfig",
+            "optimize": "jobs.optimize:OptimizeConfig"}
     layers = {"production/features": "features", "production/monitor": "monitor",
               "production/pipeline": "pipeline"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))

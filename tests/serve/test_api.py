@@ -3,15 +3,21 @@ auth and rate limits, and bad input of many kinds answered with a 4xx naming the
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import importlib
 import json
+import pkgutil
 import re
 import time
 
 import httpx
 import pandas as pd
 import pytest
+import schemathesis
 import torch
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 
 from llm.base import load_tuned, resolve
 from serve_apps.client import tour
@@ -250,11 +256,20 @@ def test_other_bad_requests_get_4xx_with_the_fix(api):
     assert emoji.status_code == 200
 
 
-def test_fuzzed_requests_from_the_openapi_spec_never_get_a_5xx(base_url):
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis import GenerationMode
+def load_schemathesis() -> None:
+    """Import every schemathesis module now, at collection. schemathesis is a pytest plugin, so
+    pytest rewrites each of its modules as it is first imported, parsing its source; on CPython
+    3.11 such a parse can fail when it overlaps another one (`SystemError: AST constructor
+    recursion depth mismatch`, gh-106905), which the fuzz test's lazy imports did mid-session."""
+    for module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
+        with contextlib.suppress(ImportError):  # optional integrations (allure)
+            importlib.import_module(module.name)
 
+
+load_schemathesis()
+
+
+def test_fuzzed_requests_from_the_openapi_spec_never_get_a_5xx(base_url):
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     headers = {"Authorization": f"Bearer {KEYS['tester']}"}
     failures, calls = [], []
