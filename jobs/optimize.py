@@ -35,7 +35,7 @@ from slipway.optimize import distill, measure
 from slipway.registry import ModelVersion, Registry, RegistryError
 from slipway.runtime import init_ray
 from slipway.storage import Storage
-from slipway.tracking import track_run
+from slipway.tracking import JobRun, track_run
 
 Variant = Literal["onnx", "onnx_int8", "distilled", "distilled_int8"]
 
@@ -222,7 +222,7 @@ def train_student(cfg: OptimizeConfig, teacher: TextClassifier, parent: ModelVer
 
 
 def write_report(registry: Registry, parent: ModelVersion, table: pd.DataFrame, chosen: str,
-                 isa: str, cfg: OptimizeConfig, run) -> str:
+                 isa: str, cfg: OptimizeConfig, run: JobRun) -> str:
     """The trade-off table (JSON and CSV) and plot beside the parent version, and in W&B."""
     folder = ("optimize", run.run_id)
     report = {"model": cfg.model_name, "parent": parent.version, "isa": isa, "chosen": chosen,

@@ -66,8 +66,8 @@ def choose(table: pd.DataFrame, max_f1_loss: float, rank_by: str) -> str:
     """The fastest variant (by `rank_by`) whose macro-F1 is at most `max_f1_loss` below the
     parent's (`fp32`, which is always eligible)."""
     eligible = table[table["macro_f1"] >= table.loc["fp32", "macro_f1"] - max_f1_loss - 1e-12]
-    ascending = rank_by.startswith("p")  # latencies: lower is faster
-    return str(eligible[rank_by].sort_values(ascending=ascending).index[0])
+    latency = rank_by.endswith("_ms_b1")  # lower is faster; texts/s: higher is
+    return str(eligible[rank_by].sort_values(ascending=latency).index[0])
 
 
 def plot(table: pd.DataFrame, path: str) -> None:
