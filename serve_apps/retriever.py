@@ -71,11 +71,14 @@ class Retriever:
         """Sentence embeddings of `texts` (L2-normalised), the encoder's name and the number
         of tokens it read."""
         _, embedder, _ = self.loaded
-        vectors = await asyncio.to_thread(self._embed, embedder, texts)
-        tokens = embedder.tokenizer(texts, truncation=True,
-                                    max_length=embedder.model.max_length)["input_ids"]
-        return {"model": embedder.name, "embeddings": vectors.tolist(),
-                "tokens": sum(len(t) for t in tokens)}
+
+        def run() -> tuple[np.ndarray, int]:  # tokenizing and the model, off the event loop
+            tokens = embedder.model.tokenizer(texts, truncation=True,
+                                              max_length=embedder.model.max_length)
+            return self._embed(embedder, texts), sum(len(t) for t in tokens["input_ids"])
+
+        vectors, count = await asyncio.to_thread(run)
+        return {"model": embedder.name, "embeddings": vectors.tolist(), "tokens": count}
 
     def ready(self) -> dict:
         """The loaded index, for /readyz."""

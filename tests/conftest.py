@@ -134,51 +134,27 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Order the tests: the served group, other modules, then the platform's readers (file order
-    within each). Without xdist, start Label Studio as soon as the session knows it needs it,
-    so that its first start (about a minute of migrations) overlaps the tests before it."""
+    within each)."""
     def lane(item: pytest.Item) -> int:
         if group(item.nodeid) == "served":
             return 0
         return 2 if PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())) else 1
 
     items.sort(key=lane)  # stable
-    if XDIST_WORKER is None and any("label_studio" in getattr(item, "fixturenames", ())
-                                    for item in items):
-        config.stash[LABEL_STUDIO] = start_label_studio()
-
-
-def start_label_studio() -> object:
-    """A local Label Studio server starting in a scratch folder from the template that
-    `make label-studio` made (its database migrated once; slipway.labeling.studio)."""
-    from benchmarks.common import free_port
-    from slipway.labeling.studio import LocalServer
-
-    return LocalServer(tempfile.mkdtemp(prefix="slipway-label-studio-"), free_port(),
-                       template=str(ROOT / ".label-studio/template")).start()
-
-
-def pytest_unconfigure(config) -> None:
-    """Stop Label Studio even when no test used it (all deselected)."""
-    server = config.stash.get(LABEL_STUDIO, None)
-    if server is not None:
-        server.stop()
-
-
-LABEL_STUDIO = pytest.StashKey()
 
 
 @pytest.fixture(scope="session")
-def label_studio(pytestconfig) -> Iterator[object]:
+def label_studio() -> Iterator[object]:
     """A real Label Studio server (its own venv, SQLite) on 127.0.0.1 for the test session,
-    started at collection (or here, on an xdist worker); its settings, with the admin's token in
+    started in a scratch folder from the template `make label-studio` made (its database
+    migrated once: about 7 s; slipway.labeling.studio); its settings, with the admin's token in
     LABEL_STUDIO_API_KEY."""
-    server = pytestconfig.stash.get(LABEL_STUDIO, None)
-    if server is None:  # an xdist worker: started here, by the worker that runs its tests
-        server = pytestconfig.stash[LABEL_STUDIO] = start_label_studio()
-    try:
-        yield server.ready()
-    finally:
-        server.stop()
+    from benchmarks.common import free_port
+    from slipway.labeling.studio import LocalServer
+
+    with LocalServer(tempfile.mkdtemp(prefix="slipway-label-studio-"), free_port(),
+                     template=str(ROOT / ".label-studio/template")) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from slipway.errors import SlipwayError
-from slipway.models.text import TextClassifier, encoder_path, tokenize
+from slipway.models.text import TextClassifier, tokenize
 from slipway.registry import ModelVersion, runtime
 
 MODEL_FILE = "model.onnx"
@@ -72,10 +72,8 @@ class _Probabilities(torch.nn.Module):
 
 def export(model: TextClassifier, labels: list[str], folder: str) -> str:
     """Write `model` as an ONNX variant folder (model, tokenizer, settings); the folder."""
-    from slipway.models.hf import load_tokenizer
-
     os.makedirs(folder, exist_ok=True)
-    tokenizer = load_tokenizer(encoder_path(model.encoder_name))
+    tokenizer = model.tokenizer
     sample = tokenize(tokenizer, ["an example", "another example text"], model.max_length,
                       fixed=False)
     wrapped = _Probabilities(model.eval())

@@ -60,17 +60,29 @@ class TextClassifier(nn.Module):
         self.encoder_name = encoder
         self.max_length = max_length
         self.encoder = AutoModel.from_pretrained(encoder_path(encoder))
+        self.pretrained_prefixes = () if train_encoder else ("encoder.",)
         if encoder_layers is not None:
-            layers = self.encoder.encoder.layer
-            if not 0 < encoder_layers <= len(layers):
-                raise ValueError(f"encoder_layers={encoder_layers}: {encoder} has {len(layers)}")
-            self.encoder.encoder.layer = layers[:encoder_layers]
-            self.encoder.config.num_hidden_layers = encoder_layers
+            self.keep_layers(list(range(encoder_layers)))
         self.encoder.requires_grad_(train_encoder)
-        stored = train_encoder or encoder_layers is not None
-        self.pretrained_prefixes = () if stored else ("encoder.",)
         self.head = mlp(self.encoder.config.hidden_size, hidden, dropout, num_classes)
         self._tokenizer = None
+
+    def keep_layers(self, indices: list[int]) -> None:
+        """Keep only the encoder layers at `indices`, in order (a student of this encoder); the
+        encoder is then this model's own, so its weights are stored with it."""
+        layers = self.encoder.encoder.layer
+        if not indices or not all(0 <= i < len(layers) for i in indices):
+            raise ValueError(f"encoder layers {indices}: {self.encoder_name} has {len(layers)}")
+        self.encoder.encoder.layer = nn.ModuleList(layers[i] for i in indices)
+        self.encoder.config.num_hidden_layers = len(indices)
+        self.pretrained_prefixes = ()
+
+    @property
+    def tokenizer(self):
+        """The encoder's tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(encoder_path(self.encoder_name))
+        return self._tokenizer
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled, L2-normalised sentence embeddings."""
@@ -94,12 +106,10 @@ class TextClassifier(nn.Module):
     @torch.no_grad()
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities for raw texts, shape (len(texts), num_classes)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(encoder_path(self.encoder_name))
         self.eval()
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = tokenize(self._tokenizer, texts[start:start + batch_size], self.max_length,
+            tokens = tokenize(self.tokenizer, texts[start:start + batch_size], self.max_length,
                               fixed=False)
             logits = self(input_ids=torch.from_numpy(tokens["input_ids"]),
                           attention_mask=torch.from_numpy(tokens["attention_mask"]))
@@ -113,12 +123,11 @@ class Embedder:
     def __init__(self, encoder: str, max_length: int) -> None:
         self.name = encoder
         self.model = TextClassifier(encoder, num_classes=1, hidden=[], max_length=max_length)
-        self.tokenizer = load_tokenizer(encoder_path(encoder))
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed one batch."""
-        tokens = tokenize(self.tokenizer, batch["text"].tolist(), self.model.max_length,
+        tokens = tokenize(self.model.tokenizer, batch["text"].tolist(), self.model.max_length,
                           fixed=False)
         x = self.model.embed(torch.from_numpy(tokens["input_ids"]),
                              torch.from_numpy(tokens["attention_mask"]))

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from slipway.models.hf import load_tokenizer
-from slipway.models.text import TextClassifier, encoder_path, tokenize
+from slipway.models.text import TextClassifier, tokenize
 
 
 def kept_layers(teacher_layers: int, layers: int) -> list[int]:
@@ -27,10 +26,7 @@ def make_student(teacher: TextClassifier, layers: int) -> TextClassifier:
         raise ValueError(f"distill.layers={layers}: the teacher has {total} encoder layers; "
                          f"choose 1 to {total - 1}")
     student = copy.deepcopy(teacher)
-    student.encoder.encoder.layer = torch.nn.ModuleList(
-        student.encoder.encoder.layer[i] for i in kept_layers(total, layers))
-    student.encoder.config.num_hidden_layers = layers
-    student.pretrained_prefixes = ()  # every weight is the student's own
+    student.keep_layers(kept_layers(total, layers))
     return student
 
 
@@ -44,9 +40,8 @@ def _batches(tokenizer, texts: Sequence[str], max_length: int, size: int):
 def embed(model: TextClassifier, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
     """Sentence embeddings of `texts` by `model`'s encoder."""
     model.eval()
-    tokenizer = load_tokenizer(encoder_path(model.encoder_name))
     return torch.cat([model.embed(**tokens) for _, tokens in
-                      _batches(tokenizer, texts, model.max_length, batch_size)])
+                      _batches(model.tokenizer, texts, model.max_length, batch_size)])
 
 
 def distill(student: TextClassifier, teacher: TextClassifier, texts: Sequence[str],
@@ -54,7 +49,6 @@ def distill(student: TextClassifier, teacher: TextClassifier, texts: Sequence[st
     """Train the student's encoder to match the teacher's embeddings of `texts`; the mean
     squared error of each epoch."""
     target = embed(teacher, texts)
-    tokenizer = load_tokenizer(encoder_path(student.encoder_name))
     params = list(student.encoder.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -66,7 +60,7 @@ def distill(student: TextClassifier, teacher: TextClassifier, texts: Sequence[st
         order = generator.permutation(len(texts))
         shuffled = [texts[i] for i in order]
         total = 0.0
-        for start, tokens in _batches(tokenizer, shuffled, student.max_length, batch_size):
+        for start, tokens in _batches(student.tokenizer, shuffled, student.max_length, batch_size):
             loss = torch.nn.functional.mse_loss(
                 student.embed(**tokens), target[order[start:start + batch_size]])
             optimizer.zero_grad()
