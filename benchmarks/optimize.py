@@ -16,6 +16,11 @@ of the hardware the Serve app turns into answers.
    and context prefix, a distinct question) on a random Llama (`--gen-hidden`, `--gen-layers`):
    time to first token (requests one at a time, one output token) with the cache on against
    off, as `vllm_prefix_cache_ttft_ratio`; updates the key in the existing file.
+5. `--only sweep`: the served variant (alias `optimized`) under replicas x threads x batch size
+   and wait (SWEEP), Classifier and Retriever requests/s and p99 at concurrency 32, as
+   `batching_sweep`.
+6. `--only llm_int8`: vLLM on llm-compressor's W8A8 quantization of the merged LoRA champion
+   against fp32 (held-out answers scored and compared, decode tokens/s), as `llm_int8`.
 
 Writes results/optimize.json and prints a table.
 """
@@ -26,6 +31,8 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -123,6 +130,68 @@ def serve_rps(root: str, texts: list[str], refs: dict[str, int], requests: int) 
     return out
 
 
+SWEEP = {  # (replicas, threads per replica) -> (max_batch_size, batch_wait_timeout_s) tried
+    (1, 1): [(1, 0.0), (8, 0.005), (32, 0.005), (32, 0.02)],
+    (1, 2): [(1, 0.0), (8, 0.005), (32, 0.005), (32, 0.02)],
+    (2, 1): [(8, 0.005), (32, 0.005)],
+    (2, 2): [(8, 0.005), (32, 0.005)],
+}
+
+
+def batching_sweep(root: str, texts: list[str], version: int, requests: int) -> list[dict]:
+    """`/v1/classify` (one text per request, concurrency 32) and `/v1/retrieve` requests/s and
+    p50/p99 for each point of SWEEP on `version`: replicas and threads per replica (torch and
+    ONNX Runtime read OMP_NUM_THREADS; Ray sets it to 1 for a replica of under one CPU) are
+    redeployed, batch settings applied in place by user_config."""
+    from ray import serve
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from benchmarks.serve import classifier_settled
+    from serve_apps.client import wait_ready
+
+    context = ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
+    client = ServeSubmissionClient(f"http://{context.dashboard_url}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    base = serve_config(root, port)
+    base["applications"][0]["args"]["classifier_model"] = MODEL
+    bodies = [{"texts": [texts[i % len(texts)]]} for i in range(requests)]
+    queries = [{"query": texts[i % len(texts)], "k": 5} for i in range(requests)]
+    rows: list[dict] = []
+    try:
+        for (replicas, threads), batching in SWEEP.items():
+            for size, wait in batching:
+                config = with_classifier(base, num_replicas=replicas)
+                for d in config["applications"][0]["deployments"]:
+                    if d["name"] in ("Classifier", "Retriever"):
+                        d["ray_actor_options"]["runtime_env"] = {
+                            "env_vars": {"OMP_NUM_THREADS": str(threads)}}
+                    if d["name"] == "Classifier":
+                        d["user_config"].update(ref=version, max_batch_size=size,
+                                                batch_wait_timeout_s=wait)
+                client.deploy_applications(config)
+                time.sleep(3)  # the controller picks the new config up
+                wait_ready(url, 420)
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline and not classifier_settled(replicas):
+                    time.sleep(1)
+                asyncio.run(load(url, "/v1/classify", bodies[:64], 32))  # warm up
+                row = {"replicas": replicas, "threads": threads, "max_batch_size": size,
+                       "batch_wait_timeout_s": wait,
+                       **asyncio.run(load(url, "/v1/classify", bodies, 32))}
+                row.pop("x_cache")
+                if size == 32 and wait == 0.005:  # the retriever's query path, same threads
+                    asyncio.run(load(url, "/v1/retrieve", queries[:64], 32))
+                    got = asyncio.run(load(url, "/v1/retrieve", queries, 32))
+                    row.update({f"retrieve_{k}": got[k] for k in ("rps", "p50_ms", "p99_ms")})
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
 def prefix_cache_ttft(root: str, hidden: int, layers: int, prefix: int, suffix: int,
                       requests: int = 12, seed: int = 0) -> dict:
     """Median time to first token with vLLM's prefix caching on and off: `requests` prompts of
@@ -173,6 +242,94 @@ def prefix_cache_ttft(root: str, hidden: int, layers: int, prefix: int, suffix: 
     return out
 
 
+SIDE_VENV = os.path.join(os.path.dirname(__file__), ".llmcompressor-venv")
+SIDE_PACKAGES = ("torch==2.13.0", "llmcompressor==0.14.0.1")
+
+
+def quantize_w8a8(source: str, target: str) -> None:
+    """benchmarks/quantize_w8a8.py in llm-compressor's own venv (made on first use)."""
+    python = os.path.join(SIDE_VENV, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", SIDE_VENV], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", *SIDE_PACKAGES], check=True)
+    # -P: benchmarks/platform.py must not shadow the standard library's platform module.
+    subprocess.run([python, "-P", os.path.join(os.path.dirname(__file__), "quantize_w8a8.py"),
+                    source, target], check=True, stdout=subprocess.DEVNULL)
+
+
+def llm_int8(root: str, hidden: int, layers: int, max_examples: int = 60,
+             max_new_tokens: int = 24, seed: int = 0) -> dict:
+    """vLLM on the LoRA champion merged into its base, fp32 against llm-compressor's W8A8:
+    greedy answers to the adapter's held-out examples scored as jobs.evaluate_llm scores them
+    (and how often the two answer alike), and decode tokens/s of a random Llama of `hidden` x
+    `layers` (16 prompts of 64 tokens, 64 new tokens each) quantized the same way."""
+    import gc
+
+    import numpy as np
+    import pandas as pd
+
+    from llm.base import load_tuned, resolve
+    from llm.bootstrap import LlamaShape, init_model
+    from llm.evaluate import score, task_means
+    from slipway.models.hf import load_tokenizer
+    from slipway.registry import Registry
+    from slipway.storage import Storage, local_cache
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", local_cache("vllm"))
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    storage = Storage(root)
+    adapter_path, mv = Registry(storage).fetch("articles_lora", "champion")
+    base_path, _ = resolve(mv.metadata["base"], storage)
+    tokenizer = load_tokenizer(base_path)
+    test = pd.read_parquet(f"{mv.metadata['splits_uri']}/test.parquet")
+    test = test.groupby("task", sort=True).head(max_examples)
+    prompts = [TokensPrompt(prompt_token_ids=tokenizer(
+        tokenizer.bos_token + p, add_special_tokens=False)["input_ids"]) for p in test["prompt"]]
+    rng = np.random.default_rng(seed)
+    timed = [TokensPrompt(prompt_token_ids=rng.integers(3, len(tokenizer), 64).tolist())
+             for _ in range(16)]
+    shape = LlamaShape(hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                       num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                       num_key_value_heads=hidden // 64, max_position_embeddings=512)
+
+    def engine(folder: str) -> LLM:
+        return LLM(model=folder, dtype="float32", max_model_len=512, enforce_eager=True,
+                   kv_cache_memory_bytes=1 << 30, seed=seed)
+
+    out: dict = {"examples": len(test), "shape": {"hidden": hidden, "layers": layers}}
+    with tempfile.TemporaryDirectory() as folder:
+        tuned, timing = f"{folder}/tuned", f"{folder}/random"
+        load_tuned(base_path, adapter_path).merge_and_unload().save_pretrained(tuned)
+        init_model(shape, tokenizer, seed=seed).save_pretrained(timing)
+        for model in (tuned, timing):
+            tokenizer.save_pretrained(model)
+            quantize_w8a8(model, f"{model}_int8")
+        for name, suffix in (("fp32", ""), ("int8", "_int8")):
+            llm = engine(tuned + suffix)
+            answers = [o.outputs[0].text.split("\n")[0].strip() for o in llm.generate(
+                prompts, SamplingParams(max_tokens=max_new_tokens, temperature=0),
+                use_tqdm=False)]
+            del llm
+            gc.collect()
+            llm = engine(timing + suffix)
+            decode = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
+            llm.generate(timed[:2], decode, use_tqdm=False)  # warm up
+            start = time.perf_counter()
+            done = llm.generate(timed, decode, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            del llm
+            gc.collect()
+            out[name] = {"metrics": task_means(score(test, answers)),
+                         "tokens_per_s": sum(len(o.outputs[0].token_ids) for o in done) / seconds,
+                         "answers": answers}
+    out["agreement"] = float(np.mean([a == b for a, b in zip(
+        out["fp32"].pop("answers"), out["int8"].pop("answers"), strict=True)]))
+    out["tokens_per_s_ratio"] = out["int8"]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="a platform root (default: build one, "
@@ -182,8 +339,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="per served version")
     parser.add_argument("--gen-hidden", type=int, default=512)
     parser.add_argument("--gen-layers", type=int, default=8)
-    parser.add_argument("--only", choices=["prefix"], default=None,
-                        help="run part 4 alone and update its keys in results/optimize.json")
+    parser.add_argument("--only", choices=["prefix", "sweep", "llm_int8"], default=None,
+                        help="run part 4, 5 or 6 alone and update its keys in "
+                             "results/optimize.json")
     opts = parser.parse_args()
     app_environment()
     root = ensure_platform(opts.root)
@@ -196,6 +354,30 @@ def main() -> None:
             f"{ttft['ttft_ms_on']:.0f} / {ttft['ttft_ms_off']:.0f} ms "
             f"({ttft['ratio']:.2f}x), {ttft['prefix_tokens']} shared + "
             f"{ttft['suffix_tokens']} own tokens"))])
+        return
+    if opts.only == "llm_int8":
+        got = llm_int8(root, opts.gen_hidden, opts.gen_layers)
+        results = json.loads((RESULTS / "optimize.json").read_text())
+        results["llm_int8"] = got
+        rows = [(f"vLLM {name}", f"{got[name]['tokens_per_s']:.0f} tokens/s, " + ", ".join(
+            f"{k} {v:.3f}" for k, v in got[name]["metrics"].items())) for name in ("fp32", "int8")]
+        write_results("optimize", results, [*rows, ("int8 answers equal to fp32's",
+                                                     f"{got['agreement']:.3f}")])
+        return
+    if opts.only == "sweep":
+        from slipway.data.man_pages import man_page_summaries
+        from slipway.registry import Registry
+        from slipway.storage import Storage
+
+        version = Registry(Storage(root)).get(MODEL, "optimized").version
+        rows = batching_sweep(root, man_page_summaries(opts.per_section)["text"].tolist(),
+                              version, opts.requests)
+        results = json.loads((RESULTS / "optimize.json").read_text())
+        results["batching_sweep"] = rows
+        write_results("optimize", results, [(
+            f"{r['replicas']} x {r['threads']} threads, batch {r['max_batch_size']} / "
+            f"{r['batch_wait_timeout_s'] * 1000:.0f} ms",
+            f"{r['rps']:.0f} req/s, p99 {r['p99_ms']:.0f} ms") for r in rows])
         return
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
     out, texts = train_and_optimize(root, opts.per_section)

@@ -413,7 +413,11 @@ def main() -> None:
     gen = generation(root, opts.gen_hidden, opts.gen_layers)
     sides = {"batched": served["batched"], "unbatched": served["unbatched"],
              "plain_fastapi": plain}
+    path = RESULTS / "serve.json"
+    kept = json.loads(path.read_text()) if path.exists() else {}
     results = {
+        # measured by `--only ab` alone: kept from the last such run
+        **{k: kept[k] for k in ("exposures_per_s",) if k in kept},
         "classify_rps": {s: {c: v[c]["rps"] for c in v} for s, v in sides.items()},
         "classify_p50_ms": {s: {c: v[c]["p50_ms"] for c in v} for s, v in sides.items()},
         "classify_p99_ms": {s: {c: v[c]["p99_ms"] for c in v} for s, v in sides.items()},

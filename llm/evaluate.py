@@ -147,8 +147,12 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, examples: pd.DataFrame, max
     answers = generate(model, tokenizer, examples["prompt"].tolist(), max_new_tokens)
     scored = score(examples, answers)
     metrics = {"perplexity": perplexity(model, tokenizer, examples["prompt"].tolist(),
-                                        examples["response"].tolist(), max_length)}
-    for task, part in scored.groupby("task"):
-        for name in TASK_METRICS[task]:
-            metrics[f"{task}_{name}"] = float(np.mean(part[name]))
+                                        examples["response"].tolist(), max_length),
+               **task_means(scored)}
     return metrics, scored
+
+
+def task_means(scored: pd.DataFrame) -> dict[str, float]:
+    """`<task>_<metric>`: the mean of each task's metrics over its rows of `score`'s frame."""
+    return {f"{task}_{name}": float(np.mean(part[name]))
+            for task, part in scored.groupby("task") for name in TASK_METRICS[task]}

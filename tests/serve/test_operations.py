@@ -275,10 +275,12 @@ def test_route_metrics_reach_rays_prometheus_endpoint(api):
     assert any(line.startswith("ray_slipway_errors_total") and 'status="422"' in line
                for line in lines)
     assert any(line.startswith("ray_slipway_request_latency_ms_bucket") for line in lines)
-    # Under the concurrent loads before this test, @serve.batch merged requests: the classifier
-    # made fewer model calls than it answered requests.
+    # Under the concurrent loads before this test, @serve.batch merged requests: some model calls
+    # answered more than one request (the histogram's buckets; its _sum is not reliable across
+    # replicas that were killed, so the count of calls is set against the calls of one request).
     calls = sum(v for _, v in samples(text, "ray_slipway_classifier_batch_requests_count",
                                       model="article_topic"))
-    merged = sum(v for _, v in samples(text, "ray_slipway_classifier_batch_requests_sum",
-                                       model="article_topic"))
-    assert 0 < calls < merged, (calls, merged)
+    single = sum(v for labels, v in samples(text, "ray_slipway_classifier_batch_requests_bucket",
+                                            model="article_topic")
+                 if float(labels["le"]) == 1)
+    assert 0 < single < calls, (single, calls)
