@@ -5,7 +5,9 @@ Reports accuracy, precision, recall, macro-F1, ROC-AUC, log-loss and ECE overall
 flagged, a reliability diagram and a confusion matrix, and for text classifiers the behavioural
 checks of `behaviour_checks` (a YAML file) with pass/fail per case. Results land beside the model
 version (`evaluation/<split-run>/`) and in W&B. With `against` set (e.g. `champion`), that
-version is scored on the same rows too.
+version is scored on the same rows too. A text classifier is always shown beside the lexical
+baseline (TF-IDF + logistic regression, `slipway.models.lexical`) trained on its own training
+rows and scored on the same held-out rows, so a model that loses to it does not go unseen.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from slipway.evaluation import (
     plot_reliability,
     slice_metrics,
 )
+from slipway.models.lexical import NAME as BASELINE
+from slipway.models.lexical import LexicalTextClassifier
 from slipway.models.scoring import TASK_SLICE_METRIC, TASK_SLICES, predict_labels, predict_proba
 from slipway.registry import ModelVersion, Registry, RegistryError
 from slipway.storage import Storage
@@ -58,6 +62,7 @@ class Evaluation:
     metrics: dict[str, float]
     slices: list[dict]
     against: dict[str, float] | None
+    baseline: dict[str, float] | None
     behaviour: dict | None
     report_uri: str
 
@@ -86,6 +91,12 @@ def main(cfg: EvaluateConfig) -> Evaluation:
         slices = slice_metrics(test, y, proba, cfg.slices or TASK_SLICES[task],
                                cfg.slice_metric or TASK_SLICE_METRIC[task],
                                cfg.min_slice_size, cfg.slice_tolerance)
+        baseline = None
+        if task == "text":  # the lexical baseline, trained on the model's own training rows
+            train = pd.read_parquet(f"{mv.metadata['splits_uri']}/train.parquet")
+            lexical = LexicalTextClassifier.fit(train["text"], train["label"], len(labels))
+            baseline = classification_metrics(y, lexical.predict_proba(test["text"]))
+            run.log({f"baseline/{k}": v for k, v in baseline.items()})
         behaviour = None
         if cfg.behaviour_checks:
             if task != "text":
@@ -102,6 +113,7 @@ def main(cfg: EvaluateConfig) -> Evaluation:
         folder = ("evaluation", split)
         report = {"model": cfg.model_name, "version": mv.version, "rows": len(test),
                   "metrics": metrics, "slices": slices, "against": against,
+                  "baseline": baseline and {"name": BASELINE, **baseline},
                   "behaviour": behaviour,
                   "flagged_slices": [s["slice"] for s in slices if s["flagged"]]}
         uri = registry.write_file(cfg.model_name, mv.version,
@@ -130,6 +142,11 @@ def main(cfg: EvaluateConfig) -> Evaluation:
     if against:
         print(f"  {cfg.against} v{against['version']} on the same rows: roc_auc "
               f"{against['roc_auc']:.3f}, log_loss {against['log_loss']:.3f}")
+    if baseline:
+        gap = metrics["macro_f1"] - baseline["macro_f1"]
+        print(f"  {BASELINE} baseline on the same rows (trained on the same training rows): "
+              f"macro_f1 {baseline['macro_f1']:.3f}, accuracy {baseline['accuracy']:.3f}; the "
+              f"model is {abs(gap):.3f} macro-F1 {'above' if gap >= 0 else 'BELOW'} it")
     print(buf.getvalue())
     if behaviour:
         failed = [c for c in behaviour["cases"] if not c["passed"]]
@@ -139,7 +156,7 @@ def main(cfg: EvaluateConfig) -> Evaluation:
                         f"(expected {c['expected']})" for c in failed[:10]))
     print(f"report: {uri}")
     return Evaluation(version=mv, metrics=metrics, slices=slices, against=against,
-                      behaviour=behaviour, report_uri=uri)
+                      baseline=baseline, behaviour=behaviour, report_uri=uri)
 
 
 if __name__ == "__main__":

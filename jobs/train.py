@@ -4,12 +4,14 @@
 `task: text` trains the text classifier on labelled text (article topics or your own CSV). Both
 run a TorchTrainer with workers, CPU/GPU and fault tolerance from config, checkpoint every epoch
 under `<root>/checkpoints/<run>/`, log live from rank 0 to W&B, and keep the held-out test split
-for `jobs.evaluate`.
+for `jobs.evaluate`. `text.model: lexical` fits TF-IDF + logistic regression on the same split in
+one Ray task instead (seconds; registered with runtime `lexical`, served like any version).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +28,7 @@ from slipway.storage import Storage
 from slipway.tracking import track_run, worker_wandb
 from slipway.train.engagement import EngagementData
 from slipway.train.engagement import prepare as prepare_engagement
-from slipway.train.text import TextData
+from slipway.train.text import TextData, split_text, train_lexical
 from slipway.train.text import prepare as prepare_text
 from slipway.train.trainer import (
     ModelSettings,
@@ -83,6 +85,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     storage = Storage(cfg.storage.root)
     init_ray(cfg.ray)
     registry = Registry(storage)
+    if cfg.task == "text" and cfg.text.model == "lexical":
+        return train_lexical_job(cfg, storage, registry)
     with track_run("train", cfg, storage, wandb_run=False) as run:
         prepared = prepare(cfg, storage)
         for name, version in prepared.data_versions.items():
@@ -109,6 +113,31 @@ def main(cfg: TrainConfig) -> TrainResult:
           + ", ".join(f"{k} {v:.3f}" for k, v in final.items())
           + f"; {sizes} examples; checkpoint {result.checkpoint.path}")
     return TrainResult(version=version, history=result.metrics_dataframe, run_name=run_name)
+
+
+def train_lexical_job(cfg: TrainConfig, storage: Storage, registry: Registry) -> TrainResult:
+    """The lexical text model: split, fit, register as `challenger` (no Ray Train run)."""
+    with track_run("train", cfg, storage) as run:
+        text = split_text(cfg.text, storage, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
+        for name, version in text.data_versions.items():
+            run.add_data_version(name, version)
+        split_uri = save_splits(text.splits, storage, cfg.model_name, run.run_id)
+        model, final = train_lexical(text)
+        with tempfile.TemporaryDirectory() as folder:
+            model.save(folder)
+            version = registry.register_folder(
+                cfg.model_name, folder, kind="text_classifier", runtime="lexical", task="text",
+                labels=text.names, metrics=final, data_versions=text.data_versions,
+                examples={k: len(v) for k, v in text.splits.items()}, splits_uri=split_uri,
+                text=text.data.model_dump(include={"text_columns", "label_column"}),
+                config=cfg.model_dump(mode="json"), code_version=run.git_sha,
+                parent_run=run.run_id)
+        registry.set_alias(cfg.model_name, "challenger", version.version, reason=run.run_id)
+        run.log({**final, "model_version": version.version})
+    sizes = " / ".join(f"{len(v):,} {k}" for k, v in text.splits.items())
+    print(f"{cfg.model_name} v{version.version} (challenger, lexical): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in final.items()) + f"; {sizes} examples")
+    return TrainResult(version=version, history=pd.DataFrame([final]), run_name=run.run_id)
 
 
 if __name__ == "__main__":

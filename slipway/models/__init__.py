@@ -1,4 +1,4 @@
 """Model architectures and runtimes; importing the package registers every one of them with the
 registry."""
 
-from slipway.models import engagement, onnx, text  # noqa: F401
+from slipway.models import engagement, lexical, onnx, text  # noqa: F401

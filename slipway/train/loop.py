@@ -58,7 +58,13 @@ def evaluate_shard(model: torch.nn.Module, shard: Any, inputs: list[str], batch_
             labels.append(batch["y"].cpu().numpy())
     y = _gather(np.concatenate(labels)) if labels else _gather(np.zeros(0, np.int64))
     p = _gather(np.concatenate(scores)) if scores else _gather(np.zeros((0,)))
-    metrics = classification_metrics(y, p)
+    return valid_metrics(y, p)
+
+
+def valid_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """`valid_<metric>` of VALID_METRICS (log-loss as `valid_loss`): what every trainer of a
+    classifier reports and registers."""
+    metrics = classification_metrics(y, proba)
     metrics["loss"] = metrics.pop("log_loss")
     return {f"valid_{k}": metrics[k] for k in VALID_METRICS}
 

@@ -3,10 +3,14 @@
 Rows are read with Ray Data from a CSV, JSON-lines or Parquet file or folder; the text is one or
 more columns joined, the label another. The split is stratified and seeded. With the encoder
 frozen, a pool of Ray actors embeds the text once and only the head trains; with
-`train_encoder`, token ids go to the workers and the encoder trains too.
+`train_encoder`, token ids go to the workers and the encoder trains too. `model: lexical` fits
+TF-IDF + logistic regression on the same split instead, in one Ray task.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -19,8 +23,10 @@ from slipway.data.tables import locate, read_table
 from slipway.errors import SlipwayError
 from slipway.labeling import label_sets
 from slipway.models.hf import load_tokenizer
+from slipway.models.lexical import LexicalTextClassifier
 from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, encoder_path, tokenize
 from slipway.storage import Storage
+from slipway.train.loop import valid_metrics
 from slipway.train.trainer import Prepared, to_dataset
 
 LENGTH_BUCKETS = ((8, "short"), (30, "medium"), (np.inf, "long"))
@@ -36,6 +42,12 @@ class TextData(StrictModel):
     label_column: str = "topic"
     encoder: str = Field(default=DEFAULT_ENCODER,
                          description="all-MiniLM-L6-v2 (packaged), a local directory or a hub id")
+    model: Literal["encoder", "lexical"] = Field(
+        default="encoder",
+        description="encoder: the encoder (frozen or trained) and a head, by Ray Train; "
+                    "lexical: TF-IDF word 1-2-grams + logistic regression (no encoder)")
+    lexical_c: float = Field(default=1.0, gt=0,
+                             description="inverse L2 strength of the lexical model")
     train_encoder: bool = False
     max_length: int = Field(default=64, ge=8, le=512)
     embed_actors: int = Field(default=2, ge=1, description="Ray actors embedding the text")
@@ -132,14 +144,34 @@ def _inputs(data: TextData, texts: pd.Series) -> dict[str, np.ndarray]:
     return {"x": np.stack(embedded.to_pandas().sort_values("row")["x"].to_numpy())}
 
 
-def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
-            ) -> Prepared:
-    """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
+@dataclass
+class TextSplits:
+    """Labelled text split by class, its label names and where it came from."""
+
+    data: TextData
+    splits: dict[str, pd.DataFrame]
+    names: list[str]
+    data_versions: dict[str, str]
+
+
+def split_text(data: TextData, storage: Storage, seed: int, valid: float, test: float
+               ) -> TextSplits:
+    """Read the labelled text (`label_set` resolved) and split it by class."""
     data = resolve(data, storage)
     examples = load_labelled(data, storage, seed)
     where, parts = locate(data.path, storage)
     train, valid_df, test_df = stratified_split(examples, valid, test, seed)
-    names = sorted(examples["label_name"].unique())
+    return TextSplits(data, {"train": train, "valid": valid_df, "test": test_df},
+                      sorted(examples["label_name"].unique()),
+                      {data.path: where.version(*parts)})
+
+
+def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
+            ) -> Prepared:
+    """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
+    text = split_text(data, storage, seed, valid, test)
+    data, names = text.data, text.names
+    train, valid_df = text.splits["train"], text.splits["valid"]
     # Embed (or tokenize) train and valid together: one actor pool, the encoder loaded once.
     inputs_all = _inputs(data, pd.concat([train["text"], valid_df["text"]], ignore_index=True))
     inputs = ["input_ids", "attention_mask"] if data.train_encoder else ["x"]
@@ -152,8 +184,23 @@ def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: flo
                                        "y": train["label"].to_numpy()}),
                   "valid": to_dataset({**{k: v[len(train):] for k, v in inputs_all.items()},
                                        "y": valid_df["label"].to_numpy()})},
-        splits={"train": train, "valid": valid_df, "test": test_df},
+        splits=text.splits,
         metadata={"labels": names, "encoder": data.encoder,
                   "text": data.model_dump(include={"text_columns", "label_column"})},
-        data_versions={data.path: where.version(*parts)},
+        data_versions=text.data_versions,
     )
+
+
+@ray.remote(num_cpus=1)
+def _fit_lexical(texts: list[str], labels: np.ndarray, classes: int, c: float
+                 ) -> LexicalTextClassifier:
+    return LexicalTextClassifier.fit(texts, labels, classes, c)
+
+
+def train_lexical(text: TextSplits) -> tuple[LexicalTextClassifier, dict[str, float]]:
+    """The lexical model fitted on the training split in a Ray task (one CPU of the cluster),
+    and its validation metrics."""
+    train, valid = text.splits["train"], text.splits["valid"]
+    model = ray.get(_fit_lexical.remote(train["text"].tolist(), train["label"].to_numpy(),
+                                        len(text.names), text.data.lexical_c))
+    return model, valid_metrics(valid["label"].to_numpy(), model.predict_proba(valid["text"]))

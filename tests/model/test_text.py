@@ -6,8 +6,13 @@ import csv
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
 
 from jobs.evaluate import EvaluateConfig
 from jobs.evaluate import main as evaluate_job
@@ -91,7 +96,7 @@ def test_text_classifier_trains_on_a_user_csv_and_loads_by_alias(tickets):
     assert len(weights) < 2_000_000
 
 
-def test_evaluation_reports_behavioural_checks(tickets):
+def test_evaluation_reports_behavioural_checks_and_the_lexical_baseline(tickets):
     root, folder, _ = tickets
     ev = evaluate_job(load_config(EvaluateConfig, None, [
         f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
@@ -102,6 +107,46 @@ def test_evaluation_reports_behavioural_checks(tickets):
     assert len(ev.behaviour["cases"]) == 3 + 3 * 2
     report = json.loads(open(ev.report_uri).read())
     assert report["behaviour"]["pass_rates"] == {"min_functionality": 1.0, "invariance": 1.0}
+    # Beside the model: TF-IDF + logistic regression fitted on the model's own training rows and
+    # scored on the same held-out rows, as scikit-learn computes it here.
+    splits = ev.version.metadata["splits_uri"]
+    train, test = (pd.read_parquet(f"{splits}/{s}.parquet") for s in ("train", "test"))
+    reference = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                              LogisticRegression(max_iter=2000)).fit(train["text"], train["label"])
+    expected = f1_score(test["label"], reference.predict(test["text"]), average="macro")
+    assert report["baseline"]["name"] == "tfidf_lr"
+    assert report["baseline"]["macro_f1"] == pytest.approx(expected)
+    assert ev.baseline["accuracy"] == pytest.approx(
+        np.mean(reference.predict(test["text"]) == test["label"]))
+
+
+def test_the_lexical_model_trains_registers_and_reloads_as_scikit_learn_fits_it(tickets):
+    root, folder, encoder = tickets
+    result = train_job(load_config(TrainConfig, "configs/train_text.yaml", [
+        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets_lexical",
+        f"text.path={folder / 'tickets.csv'}", "text.text_columns=[ticket]",
+        "text.label_column=queue", "text.model=lexical"]))
+    meta = result.version.metadata
+    assert (meta["runtime"], meta["task"], meta["labels"]) == (
+        "lexical", "text", ["account", "billing", "bug"])
+    assert meta["examples"] == encoder.version.metadata["examples"]  # the same split
+    # Reloaded from its folder (no pickle): the probabilities scikit-learn's own pipeline gives,
+    # fitted here on the same training rows; its validation macro-F1 as scikit-learn scores it.
+    model, mv = Registry(Storage(root)).load("tickets_lexical", "challenger")
+    assert mv.version == result.version.version
+    splits = meta["splits_uri"]
+    train, valid, test = (pd.read_parquet(f"{splits}/{s}.parquet")
+                          for s in ("train", "valid", "test"))
+    reference = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                              LogisticRegression(max_iter=2000)).fit(train["text"], train["label"])
+    np.testing.assert_allclose(model.predict_proba(test["text"]),
+                               reference.predict_proba(test["text"]), atol=1e-9)
+    assert meta["metrics"]["valid_macro_f1"] == pytest.approx(
+        f1_score(valid["label"], reference.predict(valid["text"]), average="macro"))
+    # Evaluated like any version: it is its own baseline.
+    ev = evaluate_job(load_config(EvaluateConfig, None, [
+        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets_lexical"]))
+    assert ev.metrics["macro_f1"] == pytest.approx(ev.baseline["macro_f1"])
 
 
 def test_promotion_needs_the_behavioural_checks_to_pass(tickets):

@@ -5,11 +5,13 @@ validated without losing any."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -19,6 +21,7 @@ from jobs.experiment import main as publish_job
 from jobs.simulate_traffic import SimulateConfig
 from jobs.simulate_traffic import main as simulate_job
 from slipway.experiments.events import read_events
+from slipway.models.lexical import LexicalTextClassifier
 from slipway.predictions import read_log
 from slipway.registry import Registry
 from slipway.storage import Storage
@@ -26,20 +29,30 @@ from tests.model.test_llm import noop_adapter
 from tests.serve.conftest import KEYS
 
 
-def register_copy(registry: Registry, invert: bool, name: str = "engagement",
-                  change=None) -> int:
-    """The champion registered again; `invert` negates its output layer (a ranker then ranks
-    the likeliest clicks last); `change(weight, bias)` returns a new output layer."""
-    model, champion = registry.load(name, "champion")
+def register_copy(registry: Registry, invert: bool) -> int:
+    """The engagement champion registered again; `invert` negates its output layer (the ranker
+    then ranks the likeliest clicks last)."""
+    model, champion = registry.load("engagement", "champion")
     state = model.state_dict()
     *_, weight, bias = state
     if invert:
         state[weight], state[bias] = -state[weight], -state[bias]
-    if change:
-        state[weight], state[bias] = change(state[weight], state[bias])
     arch = champion.metadata["architecture"]
-    return registry.register(name, state, arch["name"], arch["params"],
+    return registry.register("engagement", state, arch["name"], arch["params"],
                              **champion.recorded).version
+
+
+def register_lexical(registry: Registry, name: str = "article_topic") -> int:
+    """A lexical (TF-IDF + logistic regression) version of `name`, fitted on its champion's
+    training split and registered as jobs.train registers one, no alias moved."""
+    champion = registry.get(name, "champion")
+    labels, splits = champion.metadata["labels"], champion.metadata["splits_uri"]
+    train = pd.read_parquet(f"{splits}/train.parquet")
+    model = LexicalTextClassifier.fit(train["text"], train["label"], len(labels))
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(folder)
+        return registry.register_folder(name, folder, kind="text_classifier", runtime="lexical",
+                                        task="text", labels=labels, splits_uri=splits).version
 
 
 def poll(check, what: str, timeout_s: float = 120):
@@ -194,14 +207,14 @@ def test_classify_and_rag_variants_answer_from_their_own_versions_under_concurre
     texts = ["Officials linked the vaccine to fewer cases", "The coach praised the team"]
     plain = api.post("/v1/classify", json={"texts": texts}).json()  # outside any experiment
     labels = list(plain["predictions"][0]["probabilities"])
-    # A copy whose class scores are rolled by one: label j gets what label j+1 had.
-    rolled = register_copy(registry, False, "article_topic",
-                           lambda w, b: (w.roll(-1, 0), b.roll(-1, 0)))
+    # A lexical version: another runtime in the same dynamic batches as the torch champion.
+    lexical = register_lexical(registry)
+    lexical_proba = registry.load("article_topic", lexical)[0].predict_proba(texts)
     adapter = registry.get("articles_lora", "champion")
     noop = noop_adapter(platform_root, adapter, tmp_path).version  # answers as its base does
     tag = uuid.uuid4().hex[:6]
     classify_exp = experiment_on("/v1/classify", f"cls-{tag}", "article_topic",
-                                 plain["version"], rolled, platform_root)
+                                 plain["version"], lexical, platform_root)
     rag_exp = experiment_on("/v1/rag", f"rag-{tag}", "articles_lora", adapter.version, noop,
                             platform_root)
     try:
@@ -220,10 +233,9 @@ def test_classify_and_rag_variants_answer_from_their_own_versions_under_concurre
             if a["variant"] == "control":
                 assert a["version"] == plain["version"]
                 expected = [p["probabilities"] for p in plain["predictions"]]
-            else:
-                assert a["version"] == rolled
-                expected = [{label: p["probabilities"][labels[(j + 1) % len(labels)]]
-                             for j, label in enumerate(labels)} for p in plain["predictions"]]
+            else:  # what the lexical version says in this process
+                assert a["version"] == lexical
+                expected = [dict(zip(labels, row, strict=True)) for row in lexical_proba]
             for got, want in zip(a["predictions"], expected, strict=True):
                 assert got["probabilities"] == pytest.approx(want, abs=1e-5)
         def exposures() -> list[tuple[str, str]]:  # the polling user 1 left out
