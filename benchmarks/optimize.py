@@ -91,20 +91,27 @@ def cache_latency(url: str, texts: list[str], requests: int) -> dict:
     return passes
 
 
+def start_app(root: str) -> tuple[object, str, dict]:
+    """A local Ray for the app: its Serve client, the app's URL and the shipped config on
+    `root` serving the man-page classifier."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    context = ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
+    port = free_port()
+    base = serve_config(root, port)
+    base["applications"][0]["args"]["classifier_model"] = MODEL
+    client = ServeSubmissionClient(f"http://{context.dashboard_url}")
+    return client, f"http://127.0.0.1:{port}", base
+
+
 def serve_rps(root: str, texts: list[str], refs: dict[str, int], requests: int) -> dict:
     """`/v1/classify` requests/s at concurrency 32 for each served version (one Classifier
     replica), then the cache's miss and hit latency on the last."""
     from ray import serve
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from serve_apps.client import wait_ready
 
-    context = ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-    client = ServeSubmissionClient(f"http://{context.dashboard_url}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    base = serve_config(root, port)
-    base["applications"][0]["args"]["classifier_model"] = MODEL
+    client, url, base = start_app(root)
     bodies = [{"texts": [texts[i % len(texts)]]} for i in range(requests)]
     out: dict = {}
     try:
@@ -144,17 +151,11 @@ def batching_sweep(root: str, texts: list[str], version: int, requests: int) -> 
     ONNX Runtime read OMP_NUM_THREADS; Ray sets it to 1 for a replica of under one CPU) are
     redeployed, batch settings applied in place by user_config."""
     from ray import serve
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from benchmarks.serve import classifier_settled
     from serve_apps.client import wait_ready
 
-    context = ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-    client = ServeSubmissionClient(f"http://{context.dashboard_url}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    base = serve_config(root, port)
-    base["applications"][0]["args"]["classifier_model"] = MODEL
+    client, url, base = start_app(root)
     bodies = [{"texts": [texts[i % len(texts)]]} for i in range(requests)]
     queries = [{"query": texts[i % len(texts)], "k": 5} for i in range(requests)]
     rows: list[dict] = []
