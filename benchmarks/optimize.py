@@ -331,6 +331,12 @@ def llm_int8(root: str, hidden: int, layers: int, max_examples: int = 60,
     return out
 
 
+def update_results(values: dict, rows: list[tuple[str, str]]) -> None:
+    """Set `values` in the existing results/optimize.json (one `--only` part) and print `rows`."""
+    results = json.loads((RESULTS / "optimize.json").read_text())
+    write_results("optimize", {**results, **values}, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="a platform root (default: build one, "
@@ -348,22 +354,18 @@ def main() -> None:
     root = ensure_platform(opts.root)
     if opts.only == "prefix":
         ttft = prefix_cache_ttft(root, opts.gen_hidden, opts.gen_layers, prefix=448, suffix=48)
-        results = json.loads((RESULTS / "optimize.json").read_text())
-        results.update({"vllm_prefix_cache_ttft_ratio": ttft["ratio"],
-                        "vllm_prefix_cache": ttft})
-        write_results("optimize", results, [("vLLM TTFT, prefix cache on / off", (
+        update_results({"vllm_prefix_cache_ttft_ratio": ttft["ratio"],
+                        "vllm_prefix_cache": ttft}, [("vLLM TTFT, prefix cache on / off", (
             f"{ttft['ttft_ms_on']:.0f} / {ttft['ttft_ms_off']:.0f} ms "
             f"({ttft['ratio']:.2f}x), {ttft['prefix_tokens']} shared + "
             f"{ttft['suffix_tokens']} own tokens"))])
         return
     if opts.only == "llm_int8":
         got = llm_int8(root, opts.gen_hidden, opts.gen_layers)
-        results = json.loads((RESULTS / "optimize.json").read_text())
-        results["llm_int8"] = got
         rows = [(f"vLLM {name}", f"{got[name]['tokens_per_s']:.0f} tokens/s, " + ", ".join(
             f"{k} {v:.3f}" for k, v in got[name]["metrics"].items())) for name in ("fp32", "int8")]
-        write_results("optimize", results, [*rows, ("int8 answers equal to fp32's",
-                                                     f"{got['agreement']:.3f}")])
+        update_results({"llm_int8": got}, [*rows, ("int8 answers equal to fp32's",
+                                                    f"{got['agreement']:.3f}")])
         return
     if opts.only == "sweep":
         from slipway.data.man_pages import man_page_summaries
@@ -373,9 +375,7 @@ def main() -> None:
         version = Registry(Storage(root)).get(MODEL, "optimized").version
         rows = batching_sweep(root, man_page_summaries(opts.per_section)["text"].tolist(),
                               version, opts.requests)
-        results = json.loads((RESULTS / "optimize.json").read_text())
-        results["batching_sweep"] = rows
-        write_results("optimize", results, [(
+        update_results({"batching_sweep": rows}, [(
             f"{r['replicas']} x {r['threads']} threads, batch {r['max_batch_size']} / "
             f"{r['batch_wait_timeout_s'] * 1000:.0f} ms",
             f"{r['rps']:.0f} req/s, p99 {r['p99_ms']:.0f} ms") for r in rows])

@@ -41,13 +41,10 @@ class LexicalTextClassifier:
         vectorizer = TfidfVectorizer(ngram_range=NGRAMS, sublinear_tf=True)
         x = vectorizer.fit_transform(list(texts))
         regression = LogisticRegression(C=c, max_iter=2000).fit(x, np.asarray(labels))
-        coef = np.full((classes, x.shape[1]), 0.0)
-        intercept = np.full(classes, -np.inf)
-        # scikit-learn keeps one row for two classes; softmax over (-z, z) is the sigmoid of 2z.
-        rows = (np.vstack([-regression.coef_, regression.coef_]) / 2
-                if len(regression.classes_) == 2 else regression.coef_)
-        bias = (np.concatenate([-regression.intercept_, regression.intercept_]) / 2
-                if len(regression.classes_) == 2 else regression.intercept_)
+        rows, bias = regression.coef_, regression.intercept_
+        if len(regression.classes_) == 2:  # one row z for two classes: softmax(-z/2, z/2)
+            rows, bias = np.vstack([-rows, rows]) / 2, np.concatenate([-bias, bias]) / 2
+        coef, intercept = np.zeros((classes, x.shape[1])), np.full(classes, -np.inf)
         coef[regression.classes_], intercept[regression.classes_] = rows, bias
         return cls(vectorizer, coef, intercept)
 
