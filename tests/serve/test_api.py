@@ -12,6 +12,7 @@ import re
 import time
 
 import httpx
+import hypothesis
 import pandas as pd
 import pytest
 import schemathesis
@@ -256,17 +257,22 @@ def test_other_bad_requests_get_4xx_with_the_fix(api):
     assert emoji.status_code == 200
 
 
-def load_schemathesis() -> None:
-    """Import every schemathesis module now, at collection. schemathesis is a pytest plugin, so
-    pytest rewrites each of its modules as it is first imported, parsing its source; on CPython
-    3.11 such a parse can fail when it overlaps another one (`SystemError: AST constructor
-    recursion depth mismatch`, gh-106905), which the fuzz test's lazy imports did mid-session."""
-    for module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
-        with contextlib.suppress(ImportError):  # optional integrations (allure)
+def preload(package) -> None:
+    """Import every module of a fuzzing plugin now, at collection. schemathesis and hypothesis are
+    pytest plugins, so pytest rewrites each of their modules as it is first imported, parsing its
+    source; on CPython 3.11 such a parse can fail when it overlaps another one (`SystemError: AST
+    constructor recursion depth mismatch`, gh-106905), which the fuzz test's lazy imports
+    (schemathesis' own, then hypothesis' `randoms()` strategy) did mid-session."""
+    for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}.",
+                                        onerror=lambda name: None):
+        if ".extra." in module.name:  # optional integrations (allure, django, ...), never used
+            continue
+        with contextlib.suppress(ImportError):
             importlib.import_module(module.name)
 
 
-load_schemathesis()
+preload(schemathesis)
+preload(hypothesis)
 
 
 def test_fuzzed_requests_from_the_openapi_spec_never_get_a_5xx(base_url):
