@@ -30,7 +30,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 # The Python that runs the Label Studio SDK for slipway.labeling.studio.
 export LABEL_STUDIO_PYTHON ?= $(abspath $(LS_VENV))/bin/python
 
-.PHONY: setup label-studio demo test test-fast lint redis bench-features bench-train bench-llm bench-serve bench-drift bench-ab bench-labeling bench-optimize clean
+.PHONY: setup label-studio demo test test-fast lint redis bench-features bench-train bench-llm bench-quality bench-serve bench-drift bench-ab bench-labeling bench-optimize clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -124,6 +124,9 @@ bench-train: setup
 
 bench-llm: setup
 	$(BIN)/python -m benchmarks.llm
+
+bench-quality: setup
+	$(BIN)/python -m benchmarks.quality
 
 bench-serve: setup
 	$(BIN)/python -m benchmarks.serve

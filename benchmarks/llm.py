@@ -19,6 +19,7 @@ Writes results/llm.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -107,9 +108,9 @@ def index_section(root: str, chunks: int, queries: int) -> dict:
         documents,
         embed_queries,
         neighbour_recall,
-        retrieval_metrics,
         update,
     )
+    from llm.retrieval_eval import retrieval_metrics
     from slipway.data.generate import GeneratorConfig, generate, public
     from slipway.storage import Storage
 
@@ -127,16 +128,16 @@ def index_section(root: str, chunks: int, queries: int) -> dict:
     exact.add(index.vectors)
     exact_qps = one_at_a_time(exact, q)
     hnsw_qps = one_at_a_time(index.index, q)
-    exact_view = type(index)(index=exact, chunks=index.chunks, vectors=index.vectors,
-                             manifest=index.manifest)
+    exact_view = dataclasses.replace(index, index=exact)
+    relevant = [{source} for source in sources]
     return {"index_chunks": len(index.chunks), "index_kind": index.manifest["kind"],
             "index_chunks_per_s": len(index.chunks) / build_seconds,
             "embed_chunks_per_s": stats.chunks_embedded / stats.embed_seconds,
             "exact_qps": exact_qps, "hnsw_qps": hnsw_qps,
             "hnsw_recall_at_10": neighbour_recall(index.index, exact, q),
             "queries": len(asked),
-            "retrieval_hnsw": retrieval_metrics(index, q, sources),
-            "retrieval_exact": retrieval_metrics(exact_view, q, sources)}
+            "retrieval_hnsw": retrieval_metrics(index, "dense", asked, q, relevant),
+            "retrieval_exact": retrieval_metrics(exact_view, "dense", asked, q, relevant)}
 
 
 def main() -> None:

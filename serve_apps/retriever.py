@@ -1,8 +1,10 @@
-"""Retriever deployment: query embeddings with the index's encoder, top-k chunks from FAISS.
+"""Retriever deployment: top-k chunks by dense (the index's encoder, FAISS), lexical (BM25) or
+hybrid (both, fused by reciprocal rank) search, chosen per request.
 
 Concurrent queries are embedded and searched together (`@serve.batch`): one encoder forward
-and one FAISS batch search per batch. The same encoder answers `/v1/embeddings`. A rebuilt
-index is followed (serve_apps/follow.py): served within the app's `follow_interval_s`.
+for the batch's dense and hybrid queries and one search per mode. The same encoder answers
+`/v1/embeddings`. A rebuilt index is followed (serve_apps/follow.py): served within the app's
+`follow_interval_s`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from ray import serve
 
 from llm.index import VectorIndex
+from llm.lexical_index import Mode
 from serve_apps.follow import follow
 from slipway.models.text import Embedder
 from slipway.storage import Storage
@@ -48,24 +51,36 @@ class Retriever:
         return embedder({"text": np.asarray(texts, dtype=object)})["x"]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _search(self, queries: list[tuple[str, int]]) -> list[list[dict]]:
+    async def _search(self, queries: list[tuple[str, int, Mode]]) -> list[list[dict]]:
         index, embedder, _ = self.loaded  # one index for the whole batch
 
         def run() -> list[list[dict]]:
-            vectors = self._embed(embedder, [q for q, _ in queries])
-            scores, rows = index.search(vectors, max(k for _, k in queries))
+            embedded = [i for i, (_, _, mode) in enumerate(queries) if mode != "lexical"]
+            row_of = {i: j for j, i in enumerate(embedded)}
+            if embedded:
+                vectors = self._embed(embedder, [queries[i][0] for i in embedded])
+            found: list[list[dict]] = [[] for _ in queries]
             chunks = index.chunks
-            return [[{"chunk_id": int(r), "doc_id": str(chunks["doc_id"].iat[r]),
-                      "title": str(chunks["title"].iat[r]), "text": str(chunks["text"].iat[r]),
-                      "score": float(s)}
-                     for s, r in zip(scores[i][:k], rows[i][:k], strict=True) if r >= 0]
-                    for i, (_, k) in enumerate(queries)]
+            for mode in {m for _, _, m in queries}:
+                picked = [i for i, (_, _, m) in enumerate(queries) if m == mode]
+                scores, rows = index.retrieve(
+                    mode, [queries[i][0] for i in picked],
+                    None if mode == "lexical" else vectors[[row_of[i] for i in picked]],
+                    max(queries[i][1] for i in picked))
+                for j, i in enumerate(picked):
+                    k = queries[i][1]
+                    found[i] = [{"chunk_id": int(r), "doc_id": str(chunks["doc_id"].iat[r]),
+                                 "title": str(chunks["title"].iat[r]),
+                                 "text": str(chunks["text"].iat[r]), "score": float(s)}
+                                for s, r in zip(scores[j][:k], rows[j][:k], strict=True) if r >= 0]
+            return found
 
         return await asyncio.to_thread(run)
 
-    async def retrieve(self, query: str, k: int) -> dict:
-        """The `k` chunks nearest to `query`, best first, with cosine scores."""
-        return {"index": self.name, "chunks": await self._search((query, k))}
+    async def retrieve(self, query: str, k: int, mode: Mode) -> dict:
+        """The `k` best chunks for `query`, best first: cosine scores (dense), BM25 scores
+        (lexical) or reciprocal-rank-fusion scores (hybrid)."""
+        return {"index": self.name, "mode": mode, "chunks": await self._search((query, k, mode))}
 
     async def embed(self, texts: list[str]) -> dict:
         """Sentence embeddings of `texts` (L2-normalised), the encoder's name and the number

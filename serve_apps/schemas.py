@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from llm.lexical_index import Mode
+
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 EntityId = Annotated[int, Field(ge=0, le=2**63 - 1, description="an int64 id")]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -139,6 +141,8 @@ class EventsResponse(BaseModel):
 class RetrieveRequest(Strict):
     query: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     k: int = Field(default=5, ge=1, le=20)
+    mode: Mode | None = Field(default=None, description="dense, lexical (BM25) or hybrid (both, "
+                                                        "fused); default: the app's")
 
     _query = field_validator("query")(_not_blank)
 
@@ -153,12 +157,15 @@ class Chunk(BaseModel):
 
 class RetrieveResponse(BaseModel):
     index: str
+    mode: Mode
     chunks: list[Chunk]
 
 
 class RagRequest(Strict):
     question: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     k: int = Field(default=3, ge=1, le=10)
+    mode: Mode | None = Field(default=None, description="how chunks are retrieved (see "
+                                                        "/v1/retrieve); default: the app's")
     max_tokens: int = Field(default=48, ge=1, le=256)
     model: str | None = Field(default=None, description="served model; default: the app's "
                                                          "(an experiment's variant overrides)")

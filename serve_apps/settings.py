@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from llm.lexical_index import Mode
 from slipway.config import StrictModel
 from slipway.features.store import FeatureStoreSettings
 
@@ -66,6 +67,8 @@ class AppSettings(StrictModel):
     classifier_model: str = "article_topic"
     ranker_model: str = "engagement"
     index_name: str = Field(default="articles", pattern=r"^[A-Za-z0-9_-]+$")
+    retrieval_mode: Mode = Field(default="hybrid", description="how /v1/retrieve and /v1/rag "
+                                 "search when a request does not say: dense, lexical or hybrid")
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     generator: GeneratorSettings = GeneratorSettings()
     rag_model: str = Field(default="articles_lora",

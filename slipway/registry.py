@@ -101,6 +101,12 @@ class Registry:
             out.write(data)
         return self.storage.uri(*self._dir(name, version), *parts)
 
+    def read_file(self, name: str, version: int, *parts: str) -> bytes | None:
+        """A file stored beside a version (`write_file`), or None if there is none."""
+        if not self.storage.exists(*self._dir(name, version), *parts):
+            return None
+        return self.storage.read_bytes(*self._dir(name, version), *parts)
+
     def versions(self, name: str, claimed: bool = False) -> list[int]:
         """Registered version numbers of `name`, ascending (with `claimed`, also those being
         registered now)."""

@@ -64,6 +64,8 @@ class TextClassifier(nn.Module):
         if encoder_layers is not None:
             self.keep_layers(list(range(encoder_layers)))
         self.encoder.requires_grad_(train_encoder)
+        if getattr(self.encoder, "pooler", None) is not None:  # mean pooling never uses it (and
+            self.encoder.pooler.requires_grad_(False)  # DDP refuses parameters without grads)
         self.head = mlp(self.encoder.config.hidden_size, hidden, dropout, num_classes)
         self._tokenizer = None
 

@@ -6,10 +6,17 @@ and every epoch reports validation metrics gathered from all workers plus a chec
 optimizer state, epoch), so that a replaced worker group resumes where the last one stopped.
 Two classes train one logit with binary cross-entropy; more classes train softmax logits.
 Rank 0 logs each epoch to W&B live and, at the end, the checkpoint as an artifact.
+
+Torch uses `threads` cores per worker (the worker's CPUs). Optional keys: `encoder_lr` (the
+parameters under `encoder.` learn at that rate, the rest at `lr`), `warmup_fraction` (the
+learning rates rise linearly over that share of the steps, then fall linearly to zero), and
+`patience` (stop once validation macro-F1 has not improved for that many epochs; only improving
+epochs report a checkpoint, so the run's last checkpoint is its best).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -20,6 +27,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from transformers import get_linear_schedule_with_warmup
 
 from slipway.evaluation import classification_metrics
 
@@ -81,16 +89,42 @@ def rank_zero_run(config: dict[str, Any]) -> Any:
     return wandb.init(**spec, resume="allow")
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Per-worker training; `config` holds the model class, its params, optimizer settings."""
+def parameter_groups(model: torch.nn.Module, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trainable parameters: those under `encoder.` at `encoder_lr` when it is set, the
+    rest at the optimizer's `lr`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not config.get("encoder_lr"):
+        return [{"params": [p for _, p in named]}]
+    encoder = [p for n, p in named if n.startswith("encoder.")]
+    rest = [p for n, p in named if not n.startswith("encoder.")]
+    return [{"params": rest}, {"params": encoder, "lr": config["encoder_lr"]}]
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, config: dict[str, Any], world_size: int
+                ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Linear warmup over `warmup_fraction` of the run's steps, then linear decay to zero; None
+    without `warmup_fraction`."""
+    if config.get("warmup_fraction") is None:
+        return None
+    per_epoch = math.ceil(config["train_rows"] // world_size / config["batch_size"])
+    steps = max(1, per_epoch * config["epochs"])
+    return get_linear_schedule_with_warmup(optimizer, int(config["warmup_fraction"] * steps),
+                                           steps)
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, int]:
+    """Per-worker training; `config` holds the model class, its params, optimizer settings.
+    Returns the epochs it ran to (the run's `return_value`, rank 0's)."""
+    torch.set_num_threads(config["threads"])
     ray.train.torch.enable_reproducibility(seed=config["seed"])
     context = ray.train.get_context()
     model = config["model_cls"](**config["arch_params"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model, config)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
-    start_epoch = 0
+    optimizer = torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
+    schedule = lr_schedule(optimizer, config, context.get_world_size())
+    start_epoch, best, best_epoch = 0, -math.inf, -1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -99,14 +133,19 @@ def train_loop(config: dict[str, Any]) -> None:
         base = _unwrap(model)
         base.load_state_dict(state["model"], strict=not hasattr(base, "trained_state"))
         optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
         start_epoch = state["epoch"] + 1
+        best, best_epoch = state.get("best", best), state["epoch"]
         if context.get_world_rank() == 0:
             print(f"resuming from the checkpoint of epoch {state['epoch']}", flush=True)
+    patience = config.get("patience")
 
     run = rank_zero_run(config)
     inputs = config["inputs"]
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
+    epoch = start_epoch - 1  # a resumed run that had finished runs no epoch
     for epoch in range(start_epoch, config["epochs"]):
         maybe_fail(config, epoch)
         # Dropout draws depend on the epoch only, so a resumed run repeats the uninterrupted one.
@@ -122,6 +161,8 @@ def train_loop(config: dict[str, Any]) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             total += loss.item() * len(logits)
             count += len(logits)
         seconds = time.perf_counter() - started
@@ -130,20 +171,31 @@ def train_loop(config: dict[str, Any]) -> None:
                    # shards are equal (Ray Train splits with equal=True): the global throughput
                    "train_samples_per_s": count * context.get_world_size() / max(seconds, 1e-9),
                    **evaluate_shard(model, valid_shard, inputs, config["batch_size"], device)}
+        improved = metrics["valid_macro_f1"] > best
+        if improved:
+            best, best_epoch = metrics["valid_macro_f1"], epoch
+        # Every rank gathered the same validation metrics: all stop at the same epoch.
+        stop = patience is not None and epoch - best_epoch >= patience
+        last = stop or epoch == config["epochs"] - 1
         with tempfile.TemporaryDirectory() as folder:
-            if context.get_world_rank() != 0:
+            if context.get_world_rank() != 0 or (patience is not None and not improved):
                 ray.train.report(metrics)
-                continue
-            torch.save({"model": trained_state(_unwrap(model)),
-                        "optimizer": optimizer.state_dict(), "epoch": epoch},
-                       os.path.join(folder, CHECKPOINT_FILE))
+            else:
+                torch.save({"model": trained_state(_unwrap(model)),
+                            "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                            "schedule": schedule and schedule.state_dict()},
+                           os.path.join(folder, CHECKPOINT_FILE))
+                if run is not None and (last or patience is not None):  # the best so far
+                    log_checkpoint(run, folder, epoch)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
             if run is not None:
                 run.log(metrics, step=epoch)
-                if epoch == config["epochs"] - 1:
-                    log_checkpoint(run, folder, epoch)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if stop:
+            break
     if run is not None:
+        run.summary["epochs_run"] = epoch + 1
         run.finish()
+    return {"epochs_run": epoch + 1, "best_epoch": best_epoch}
 
 
 def log_checkpoint(run: Any, folder: str, epoch: int, kind: str = "checkpoint") -> None:

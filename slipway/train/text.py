@@ -3,12 +3,15 @@
 Rows are read with Ray Data from a CSV, JSON-lines or Parquet file or folder; the text is one or
 more columns joined, the label another. The split is stratified and seeded. With the encoder
 frozen, a pool of Ray actors embeds the text once and only the head trains; with
-`train_encoder`, token ids go to the workers and the encoder trains too. `model: lexical` fits
-TF-IDF + logistic regression on the same split instead, in one Ray task.
+`train_encoder`, token ids go to the workers and the encoder trains too (data-parallel, at its own
+learning rate, with warmup and linear decay, stopped early on validation macro-F1). Unless
+`max_length` is set, texts keep the 95th percentile of the training texts' token counts. `model:
+lexical` fits TF-IDF + logistic regression on the same split instead, in one Ray task.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,9 +52,21 @@ class TextData(StrictModel):
     lexical_c: float = Field(default=1.0, gt=0,
                              description="inverse L2 strength of the lexical model")
     train_encoder: bool = False
-    max_length: int = Field(default=64, ge=8, le=512)
+    encoder_lr: float = Field(default=5e-5, gt=0, description="the encoder's learning rate when "
+                              "it trains (the head's is model.lr)")
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of the steps over "
+                                   "which the learning rates rise when the encoder trains")
+    patience: int | None = Field(default=2, ge=1, description="when the encoder trains, stop after "
+                                 "this many epochs without a better validation macro-F1 (None: "
+                                 "train every epoch); the best epoch is registered")
+    max_length: int | None = Field(default=None, ge=8, le=512, description="tokens kept per text; "
+                                   "None: the 95th percentile of the training texts' counts")
     embed_actors: int = Field(default=2, ge=1, description="Ray actors embedding the text")
     max_examples: int | None = Field(default=None, ge=10)
+    candidates: list[Literal["lexical", "frozen_encoder", "tuned_encoder"]] | None = Field(
+        default=None, min_length=2, description="train each on the same split (setting model "
+        "and train_encoder), register each, and make the best on validation macro-F1 the "
+        "challenger")
     label_set: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_-]+(@[0-9]+)?$",
         description="train on a labeling project's label set: `project` (its latest version) or "
@@ -166,12 +181,24 @@ def split_text(data: TextData, storage: Storage, seed: int, valid: float, test: 
                       {data.path: where.version(*parts)})
 
 
+def token_length(encoder: str, texts: pd.Series, percentile: float = 95) -> int:
+    """`percentile` of the texts' token counts (special tokens included), rounded up to a
+    multiple of 8, from 16 to 512."""
+    tokenizer = load_tokenizer(encoder_path(encoder))
+    counts = [len(ids) for ids in tokenizer(texts.tolist(), truncation=False)["input_ids"]]
+    return int(min(512, max(16, 8 * math.ceil(np.percentile(counts, percentile) / 8))))
+
+
 def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
             ) -> Prepared:
     """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
     text = split_text(data, storage, seed, valid, test)
-    data, names = text.data, text.names
+    names = text.names
     train, valid_df = text.splits["train"], text.splits["valid"]
+    data = text.data
+    if data.max_length is None:
+        data = data.model_copy(update={"max_length": token_length(data.encoder, train["text"])})
+        print(f"text: max_length {data.max_length} (95% of the training texts fit)")
     # Embed (or tokenize) train and valid together: one actor pool, the encoder loaded once.
     inputs_all = _inputs(data, pd.concat([train["text"], valid_df["text"]], ignore_index=True))
     inputs = ["input_ids", "attention_mask"] if data.train_encoder else ["x"]
@@ -186,8 +213,11 @@ def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: flo
                                        "y": valid_df["label"].to_numpy()})},
         splits=text.splits,
         metadata={"labels": names, "encoder": data.encoder,
-                  "text": data.model_dump(include={"text_columns", "label_column"})},
+                  "text": data.model_dump(include={"text_columns", "label_column",
+                                                   "max_length"})},
         data_versions=text.data_versions,
+        loop={"encoder_lr": data.encoder_lr, "warmup_fraction": data.warmup_fraction,
+              "patience": data.patience, "train_rows": len(train)} if data.train_encoder else {},
     )
 
 

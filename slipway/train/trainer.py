@@ -71,6 +71,7 @@ class Prepared:
     splits: dict[str, pd.DataFrame]
     metadata: dict[str, Any] = field(default_factory=dict)
     data_versions: dict[str, str] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)  # the task's own train_loop_config keys
 
 
 def to_dataset(columns: dict[str, np.ndarray]) -> ray.data.Dataset:
@@ -87,18 +88,19 @@ def classifier_loop_config(prepared: Prepared, model: ModelSettings, seed: int, 
             "arch_params": {**prepared.arch_params, "hidden": model.hidden,
                             "dropout": model.dropout},
             "inputs": prepared.inputs, "seed": seed,
-            **model.model_dump(exclude={"hidden", "dropout"}), **extra}
+            **model.model_dump(exclude={"hidden", "dropout"}), **prepared.loop, **extra}
 
 
 def make_trainer(datasets: dict[str, ray.data.Dataset], config: dict[str, Any],
                  settings: TrainerSettings, run_name: str, storage_path: str,
                  callbacks: list | None = None, loop: Callable[[dict], None] = train_loop
                  ) -> TorchTrainer:
-    """A TorchTrainer running `loop` (the classifier loop by default) on `datasets`; the same
-    `run_name` under `storage_path` resumes a run."""
+    """A TorchTrainer running `loop` (the classifier loop by default) on `datasets`, each
+    worker's torch on as many `threads` as it has CPUs; the same `run_name` under
+    `storage_path` resumes a run."""
     return TorchTrainer(
         loop,
-        train_loop_config=config,
+        train_loop_config={**config, "threads": max(1, int(settings.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
         datasets=datasets,

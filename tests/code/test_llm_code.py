@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from llm.bootstrap import train_tokenizer
 from llm.evaluate import exact_match, faithfulness, rouge_l, token_f1
 from llm.finetune import OptimSettings, load_deepspeed_json
-from llm.index import IndexSettings, chunk_words, document_hash
+from llm.index import (
+    IndexSettings,
+    VectorIndex,
+    build_faiss,
+    chunk_sentences,
+    chunk_words,
+    document_hash,
+    index_kind,
+)
 from llm.instructions import questions, rag_prompt
+from llm.lexical_index import build_bm25, reciprocal_rank_fusion, search_bm25
+from llm.retrieval_eval import ranking_metrics, read_questions
 from llm.tokens import IGNORE, encode_blocks, encode_examples
 from slipway.config import ConfigError
 from slipway.data.generate import GeneratorConfig, generate
@@ -49,6 +60,99 @@ def test_chunks_cover_the_text_with_the_configured_overlap():
     with pytest.raises(ValueError, match="overlap_words"):
         IndexSettings(chunk_words=8, overlap_words=8)
     assert document_hash("t", "x") != document_hash("t", "y")
+
+
+def test_sentence_chunks_keep_sentences_whole_and_overlap_by_whole_sentences():
+    s = ["One two three.", "Four five six seven.", "Eight nine.", "Ten eleven twelve?"]
+    chunks = chunk_sentences(" ".join(s), size=8, overlap=3)
+    # 3 + 4 words fit in 8; the next chunk repeats the last whole sentence (4 words > 3: none
+    # fits the overlap, so it starts where the first ended).
+    assert chunks == [" ".join(s[:2]), " ".join(s[2:])]
+    assert chunk_sentences(" ".join(s), size=8, overlap=4) == [
+        " ".join(s[:2]), " ".join(s[1:3]), " ".join(s[2:])]
+    long = " ".join(f"w{i}" for i in range(10)) + "."
+    assert [len(c.split()) for c in chunk_sentences(long, size=4, overlap=0)] == [4, 4, 2]
+    assert chunk_sentences("  ", size=4, overlap=0) == []
+
+
+def test_bm25_finds_exact_terms_and_fusion_adds_reciprocal_ranks():
+    texts = ["the cat sat on the mat", "dogs chase the postman", "cats are listed here",
+             "grep prints lines matching a pattern"]
+    bm25 = build_bm25(texts)
+    scores, rows = search_bm25(bm25, ["listing cats", "zebra"], k=6)
+    assert rows[0][0] == 2 and rows.shape == (2, 6)  # stems: listing ~ listed, cats ~ cat
+    assert set(rows[0][rows[0] >= 0]) == {0, 2} and (rows[1] == -1).all()
+    assert (scores[0][rows[0] >= 0] > 0).all()
+    # Only rows the mask allows.
+    _, masked = search_bm25(bm25, ["listing cats"], k=2,
+                            allowed=np.array([True, True, False, True]))
+    assert list(masked[0]) == [0, -1]
+    # 1/(60+rank) summed over rankings: row 7 (1st and 2nd) beats row 3 (2nd and missing).
+    fused_scores, fused = reciprocal_rank_fusion(
+        [np.array([[7, 3, -1]]), np.array([[5, 7, -1]])], k=3)
+    assert list(fused[0]) == [7, 5, 3]
+    assert fused_scores[0][0] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused_scores[0][1] == pytest.approx(1 / 61)
+
+
+def test_ivfpq_search_reranks_its_candidates_to_the_exact_neighbours():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((20, 64)).astype(np.float32)
+    points = centers[rng.integers(0, 20, 4050)] + 0.8 * rng.standard_normal((4050, 64),
+                                                                             dtype=np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    vectors, queries = points[:4000], points[4000:]
+    settings = IndexSettings(hnsw_threshold=1000, approximate="ivfpq", ivf_lists=16, pq_m=8,
+                             ivf_nprobe=4, rerank_factor=10)
+    texts = [f"chunk {i}" for i in range(4000)]
+    index = VectorIndex(index=build_faiss(vectors, settings), vectors=vectors,
+                        chunks=pd.DataFrame({"doc_id": texts, "text": texts}),
+                        manifest={"settings": settings.model_dump()}, lexical=build_bm25(texts))
+    assert index_kind(index.index) == "ivfpq"
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]  # brute force in numpy
+    scores, rows = index.search(queries, 10)
+    codes_only = index.index.search(queries, 10)[1]
+
+    def recall(found):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
+
+    assert recall(rows) >= 0.95 and recall(rows) > recall(codes_only) + 0.2
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, rows, axis=1),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"index.pq_m \(7\) must divide the embedding size"):
+        build_faiss(vectors, settings.model_copy(update={"pq_m": 7}))
+
+
+def test_ranking_metrics_match_scikit_learns_ndcg_and_hand_counts():
+    from sklearn.metrics import ndcg_score
+
+    docs = [f"d{i}" for i in range(12)]
+    rankings = [docs[:10], ["d3", "d0", "d9", "d1", "d2", "d4", "d5", "d6", "d7", "d8"],
+                docs[1:11]]
+    relevant = [{"d1", "d4"}, {"d0"}, {"d11"}]
+    out = ranking_metrics(rankings, relevant)
+    assert out["recall_at_1"] == pytest.approx(0)
+    assert out["recall_at_5"] == pytest.approx((1 + 1 + 0) / 3)
+    assert out["mrr_at_10"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    # scikit-learn's nDCG@10 from scores that order the documents as each ranking does.
+    reference = []
+    for ranking, rel in zip(rankings, relevant, strict=True):
+        truth = [[1.0 if d in rel else 0.0 for d in docs]]
+        scores = [[len(docs) - ranking.index(d) if d in ranking else 0.0 for d in docs]]
+        reference.append(ndcg_score(truth, scores, k=10))
+    assert out["ndcg_at_10"] == pytest.approx(np.mean(reference))
+
+
+def test_a_questions_file_with_a_bad_line_is_refused_naming_the_line():
+    good = '{"question": "how to list files", "relevant": ["ls", 7]}\n\n'
+    asked, relevant = read_questions(good, "q.jsonl", {"ls", "7"})
+    assert asked == ["how to list files"] and relevant == [{"ls", "7"}]
+    with pytest.raises(ValueError, match=r"q.jsonl line 3: relevant: Field required"):
+        read_questions(good + '{"question": "where"}', "q.jsonl", {"ls", "7"})
+    with pytest.raises(ValueError, match=r"line 1: relevant doc ids \['nope'\] are not in"):
+        read_questions('{"question": "x", "relevant": ["nope"]}', "q.jsonl", {"ls"})
+    with pytest.raises(ValueError, match=r"line 1: not JSON"):
+        read_questions("question, relevant", "q.jsonl", {"ls"})
 
 
 def test_every_generated_article_yields_answerable_questions():

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -21,7 +24,10 @@ from jobs.promote import main as promote_job
 from jobs.train import TrainConfig
 from jobs.train import main as train_job
 from slipway.config import load_config
+from slipway.data.man_pages import man_page_summaries
 from slipway.errors import SlipwayError
+from slipway.models.hf import load_tokenizer
+from slipway.models.text import DEFAULT_ENCODER, TextClassifier, encoder_path
 from slipway.registry import Registry
 from slipway.storage import Storage
 
@@ -62,7 +68,8 @@ def tickets(tmp_path_factory):
         f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
         f"text.path={folder / 'tickets.csv'}", "text.text_columns=[ticket]",
         "text.label_column=queue", "text.embed_actors=1", "trainer.num_workers=1",
-        "model.epochs=4", "model.batch_size=16", "model.lr=0.01"])  # 24 steps on 84 rows
+        "model.epochs=4", "model.batch_size=16", "model.lr=0.01",  # 24 steps on 84 rows
+        "text.candidates=[frozen_encoder, lexical]"])  # v1 and v2, the better one challenger
     return root, folder, train_job(cfg)
 
 
@@ -96,7 +103,7 @@ def test_text_classifier_trains_on_a_user_csv_and_loads_by_alias(tickets):
     assert len(weights) < 2_000_000
 
 
-def test_evaluation_reports_behavioural_checks_and_the_lexical_baseline(tickets):
+def test_evaluation_reports_behavioural_checks_the_lexical_baseline_and_the_candidates(tickets):
     root, folder, _ = tickets
     ev = evaluate_job(load_config(EvaluateConfig, None, [
         f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets",
@@ -118,22 +125,30 @@ def test_evaluation_reports_behavioural_checks_and_the_lexical_baseline(tickets)
     assert report["baseline"]["macro_f1"] == pytest.approx(expected)
     assert ev.baseline["accuracy"] == pytest.approx(
         np.mean(reference.predict(test["text"]) == test["label"]))
+    # Both candidates on the same held-out rows: the winner's figures are the report's own, and
+    # the lexical candidate's equal the baseline's (the same model, fitted in jobs.evaluate).
+    compared = report["candidates"]["candidates"]
+    assert {c["version"] for c in compared.values()} == {1, 2}
+    winner = next(c for c in compared.values() if c["version"] == ev.version.version)
+    assert winner["test"]["macro_f1"] == pytest.approx(report["metrics"]["macro_f1"])
+    assert compared["lexical"]["test"]["macro_f1"] == pytest.approx(expected)
 
 
-def test_the_lexical_model_trains_registers_and_reloads_as_scikit_learn_fits_it(tickets):
-    root, folder, encoder = tickets
-    result = train_job(load_config(TrainConfig, "configs/train_text.yaml", [
-        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets_lexical",
-        f"text.path={folder / 'tickets.csv'}", "text.text_columns=[ticket]",
-        "text.label_column=queue", "text.model=lexical"]))
-    meta = result.version.metadata
+def test_the_lexical_candidate_registers_and_reloads_as_scikit_learn_fits_it(tickets):
+    root, _, _ = tickets
+    registry = Registry(Storage(root))
+    frozen, lexical = registry.get("tickets", 1), registry.get("tickets", 2)
+    meta = lexical.metadata
     assert (meta["runtime"], meta["task"], meta["labels"]) == (
         "lexical", "text", ["account", "billing", "bug"])
-    assert meta["examples"] == encoder.version.metadata["examples"]  # the same split
+    assert frozen.metadata["architecture"]["params"]["train_encoder"] is False
+    assert meta["examples"] == frozen.metadata["examples"]  # the same split
+    # The better on validation is the challenger (the first on a tie).
+    best = max((frozen, lexical), key=lambda v: v.metrics["valid_macro_f1"])
+    assert registry.aliases("tickets")["challenger"] == best.version
     # Reloaded from its folder (no pickle): the probabilities scikit-learn's own pipeline gives,
     # fitted here on the same training rows; its validation macro-F1 as scikit-learn scores it.
-    model, mv = Registry(Storage(root)).load("tickets_lexical", "challenger")
-    assert mv.version == result.version.version
+    model, _ = registry.load("tickets", 2)
     splits = meta["splits_uri"]
     train, valid, test = (pd.read_parquet(f"{splits}/{s}.parquet")
                           for s in ("train", "valid", "test"))
@@ -145,8 +160,55 @@ def test_the_lexical_model_trains_registers_and_reloads_as_scikit_learn_fits_it(
         f1_score(valid["label"], reference.predict(valid["text"]), average="macro"))
     # Evaluated like any version: it is its own baseline.
     ev = evaluate_job(load_config(EvaluateConfig, None, [
-        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets_lexical"]))
+        f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets", "ref=2",
+        "against=null"]))
     assert ev.metrics["macro_f1"] == pytest.approx(ev.baseline["macro_f1"])
+
+
+def test_the_encoder_fine_tunes_data_parallel_and_registers_its_best_epoch(tmp_path):
+    """Real text (manual page summaries by section), the encoder trained by two DDP workers:
+    its own learning rate with warmup and linear decay, early stopping, max_length from the
+    data."""
+    pages = man_page_summaries(50)
+    pages.to_csv(tmp_path / "man.csv", index=False)
+    root = str(tmp_path / "root")
+    result = train_job(load_config(TrainConfig, "configs/train_text.yaml", [
+        f"storage.root={root}", "tracking.mode=disabled", "model_name=man_tuned",
+        f"text.path={tmp_path / 'man.csv'}", "text.text_columns=[text]",
+        "text.label_column=label", "text.train_encoder=true", "text.patience=1",
+        "trainer.keep_checkpoints=null", "model.epochs=6", "model.batch_size=16"]))
+    meta, history = result.version.metadata, result.history
+    train = pd.read_parquet(f"{meta['splits_uri']}/train.parquet")
+    # max_length: the 95th percentile of the training texts' token counts, rounded up to 8.
+    tokenizer = load_tokenizer(encoder_path(DEFAULT_ENCODER))
+    counts = [len(tokenizer(t)["input_ids"]) for t in train["text"]]
+    assert meta["text"]["max_length"] == 8 * int(np.ceil(np.percentile(counts, 95) / 8))
+    # Stopped one epoch (the patience) after its best, unless the epochs ran out first; the
+    # registered weights and metrics are the best epoch's (only improving epochs checkpoint).
+    best = int(history["epoch"].iloc[-1])
+    assert history["valid_macro_f1"].is_monotonic_increasing
+    assert meta["epochs_run"] == min(best + 2, 6)
+    assert meta["metrics"]["valid_macro_f1"] == pytest.approx(history["valid_macro_f1"].max())
+    # The encoder trained (its weights are stored and moved from the package's), except the
+    # pooler, which mean pooling never uses (DDP refuses parameters that get no gradient).
+    stored = load_file(f"{result.version.uri}/model.safetensors")
+    packaged = TextClassifier(DEFAULT_ENCODER, 5, [128]).state_dict()
+    query = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(stored[query], packaged[query])
+    pooler = "encoder.pooler.dense.weight"
+    assert torch.equal(stored[pooler], packaged[pooler])
+    # The optimizer's two groups: the head at model.lr, the encoder at text.encoder_lr, both
+    # on the linear warmup-then-decay schedule at the step the best epoch ended.
+    checkpoint = sorted(glob.glob(f"{root}/checkpoints/{result.run_name}/checkpoint_*/"))[-1]
+    state = torch.load(f"{checkpoint}/state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [0.003, 5e-5]
+    per_epoch = int(np.ceil(len(train) // 2 / 16))
+    total, step = 6 * per_epoch, (best + 1) * per_epoch
+    warmup = int(0.1 * total)
+    assert state["schedule"]["last_epoch"] == step
+    assert [g["lr"] for g in groups] == pytest.approx(
+        [g["initial_lr"] * (total - step) / (total - warmup) for g in groups])
 
 
 def test_promotion_needs_the_behavioural_checks_to_pass(tickets):

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from llm.base import load_tuned, resolve
+from llm.index import VectorIndex, embed_queries
 from serve_apps.client import tour
 from slipway.models.hf import load_tokenizer
 from slipway.registry import Registry
@@ -127,9 +128,11 @@ def test_streaming_completions_and_rag_send_what_the_plain_answer_says(api):
     assert "".join(e["delta"] for e in streamed[1:]).strip() == rag["answer"]
     assert streamed[0]["citations"] == [{k: v for k, v in c.items() if k != "support"}
                                         for c in rag["citations"]]
-    # Citations are the retrieved chunks, numbered in rank order; support is the share of the
-    # answer's words found in the cited chunk.
-    chunks = api.post("/v1/retrieve", json={"query": QUESTION, "k": 3}).json()["chunks"]
+    # Citations are the retrieved chunks (hybrid search, the app's default), numbered in rank
+    # order; support is the share of the answer's words found in the cited chunk.
+    retrieved = api.post("/v1/retrieve", json={"query": QUESTION, "k": 3}).json()
+    chunks = retrieved["chunks"]
+    assert retrieved["mode"] == "hybrid"
     assert [c["number"] for c in rag["citations"]] == [1, 2, 3]
     assert [(c["chunk_id"], c["doc_id"], c["title"]) for c in rag["citations"]] == \
         [(c["chunk_id"], c["doc_id"], c["title"]) for c in chunks]
@@ -138,6 +141,24 @@ def test_streaming_completions_and_rag_send_what_the_plain_answer_says(api):
     for citation, chunk in zip(rag["citations"], chunks, strict=True):
         expected = sum(w in set(words(chunk["text"])) for w in answer) / len(answer)
         assert citation["support"] == pytest.approx(expected)
+
+
+def test_each_retrieval_mode_answers_as_the_index_does(api, platform_root):
+    # Cosine (dense), BM25 (lexical) and their reciprocal rank fusion (hybrid, the default),
+    # computed here from the saved index.
+    index = VectorIndex.load(Storage(platform_root), "articles")
+    vectors = embed_queries([QUESTION], "all-MiniLM-L6-v2", 128)
+    default = api.post("/v1/retrieve", json={"query": QUESTION, "k": 3}).json()
+    for mode in ("dense", "lexical", "hybrid"):
+        served = api.post("/v1/retrieve", json={"query": QUESTION, "k": 3, "mode": mode}).json()
+        scores, rows = index.retrieve(mode, [QUESTION], vectors, 3)
+        assert served["mode"] == mode
+        assert [c["chunk_id"] for c in served["chunks"]] == [r for r in rows[0] if r >= 0]
+        assert [c["score"] for c in served["chunks"]] == pytest.approx(
+            [s for s, r in zip(scores[0], rows[0], strict=True) if r >= 0], abs=1e-4)
+    assert default == served  # hybrid
+    bad = api.post("/v1/retrieve", json={"query": QUESTION, "mode": "fuzzy"})
+    assert bad.status_code == 422 and "mode" in bad.text
 
 
 def test_a_clients_request_id_is_echoed_and_logged(api, platform_root):

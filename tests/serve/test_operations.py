@@ -16,6 +16,7 @@ import torch
 from jobs.optimize import OptimizeConfig
 from jobs.optimize import main as optimize_job
 from llm.index import IndexSettings, VectorIndex, build_faiss
+from llm.lexical_index import build_bm25
 from slipway.config import load_config
 from slipway.registry import Registry
 from slipway.storage import Storage
@@ -160,9 +161,10 @@ def test_a_rebuilt_index_is_served_without_a_failed_request(api, platform_root):
     storage = Storage(platform_root)
     original = VectorIndex.load(storage, "articles")
     n = len(original.chunks)
+    kept = original.chunks.iloc[:n - 5]
     smaller = VectorIndex(index=build_faiss(original.vectors[:n - 5], IndexSettings()),
-                          chunks=original.chunks.iloc[:n - 5], vectors=original.vectors[:n - 5],
-                          manifest=original.manifest)
+                          chunks=kept, vectors=original.vectors[:n - 5],
+                          manifest=original.manifest, lexical=build_bm25(kept["text"].tolist()))
     for index, chunks in ((smaller, n - 5), (original, n)):
         index.save(storage, "articles")
         deadline = time.monotonic() + 120
