@@ -47,6 +47,7 @@ from slipway.models.text import DEFAULT_ENCODER, Embedder, encoder_path
 from slipway.storage import Storage
 
 FUSION_DEPTH = 50  # chunks each side contributes to a hybrid ranking
+EXACT_FILTERED = 20_000  # filtered searches over at most this many rows score them all exactly
 
 class IndexSettings(StrictModel):
     """What to index, how to chunk and embed it, and which FAISS structure to use."""
@@ -55,6 +56,9 @@ class IndexSettings(StrictModel):
     id_column: str = "article_id"
     text_column: str = "body"
     title_column: str | None = "title"
+    filter_columns: list[str] = Field(
+        default_factory=list, description="source columns kept with every chunk, which searches "
+        "may filter on (a value among those given, compared as text)")
     chunking: Literal["sentences", "words"] = Field(
         default="sentences", description="whole sentences up to chunk_words, overlapping by "
         "whole sentences; or plain word windows")
@@ -134,28 +138,33 @@ def chunk_text(text: str, settings: IndexSettings) -> list[str]:
     return split(text, settings.chunk_words, settings.overlap_words)
 
 
-def document_hash(title: str, text: str) -> str:
-    """Content hash of a document: a change in title or text re-embeds it."""
-    return hashlib.sha256(f"{title}\0{text}".encode()).hexdigest()[:16]
+def document_hash(title: str, text: str, meta: str = "") -> str:
+    """Content hash of a document: a change in title, text or filter values re-chunks it."""
+    extra = f"\0{meta}" if meta else ""
+    return hashlib.sha256(f"{title}\0{text}{extra}".encode()).hexdigest()[:16]
 
 
 def documents(frame: pd.DataFrame, settings: IndexSettings) -> pd.DataFrame:
-    """Columns doc_id, title, text, doc_hash from a source table, checked for the columns."""
+    """Columns doc_id, title, text, the filter columns (as text) and doc_hash from a source
+    table, checked for the columns."""
     wanted = [settings.id_column, settings.text_column] + \
-        ([settings.title_column] if settings.title_column else [])
+        ([settings.title_column] if settings.title_column else []) + settings.filter_columns
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise ValueError(f"index: columns {missing} are not in the source (columns: "
                          f"{list(frame.columns)}); set index.id_column / text_column / "
-                         "title_column")
+                         "title_column / filter_columns")
     title = frame[settings.title_column].fillna("").astype(str) if settings.title_column \
         else pd.Series("", index=frame.index)
     docs = pd.DataFrame({"doc_id": frame[settings.id_column].astype(str),
                          "title": title, "text": frame[settings.text_column].fillna("")
-                         .astype(str)})
+                         .astype(str),
+                         **{c: frame[c].astype(str) for c in settings.filter_columns}})
     docs = docs.drop_duplicates("doc_id", keep="last").reset_index(drop=True)
-    docs["doc_hash"] = [document_hash(t, x) for t, x in zip(docs["title"], docs["text"],
-                                                            strict=True)]
+    meta = docs[settings.filter_columns].agg("\0".join, axis=1) if settings.filter_columns \
+        else pd.Series("", index=docs.index)
+    docs["doc_hash"] = [document_hash(t, x, m) for t, x, m in zip(docs["title"], docs["text"],
+                                                                  meta, strict=True)]
     return docs
 
 
@@ -172,15 +181,17 @@ class ChunkEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Chunk and embed one batch of documents."""
         s = self.settings
-        rows = [(doc, digest, i, title, (f"{title}: " if title else "") + piece)
-                for doc, digest, title, text in zip(batch["doc_id"], batch["doc_hash"],
-                                                    batch["title"], batch["text"], strict=True)
-                for i, piece in enumerate(chunk_text(text, s))]
-        columns = ["doc_id", "doc_hash", "chunk", "title", "text"]
-        out = {c: np.asarray([r[k] for r in rows], dtype=np.int64 if c == "chunk" else object)
-               for k, c in enumerate(columns)}
+        pieces = [chunk_text(text, s) for text in batch["text"]]
+        counts = [len(p) for p in pieces]
+        out = {c: np.repeat(batch[c], counts).astype(object)
+               for c in ("doc_id", "doc_hash", "title", *s.filter_columns)}
+        out["chunk"] = np.concatenate([np.zeros(0, np.int64)]
+                                      + [np.arange(n, dtype=np.int64) for n in counts])
+        out["text"] = np.asarray([(f"{title}: " if title else "") + piece
+                                  for title, parts in zip(batch["title"], pieces, strict=True)
+                                  for piece in parts], dtype=object)
         vectors = [self.embedder({"text": out["text"][i:i + s.embed_batch_size]})["x"]
-                   for i in range(0, len(rows), s.embed_batch_size)]
+                   for i in range(0, len(out["text"]), s.embed_batch_size)]
         dim = self.embedder.model.encoder.config.hidden_size
         out["x"] = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
         return out
@@ -189,8 +200,8 @@ class ChunkEmbedder:
 def embed_chunks(docs: pd.DataFrame, settings: IndexSettings) -> tuple[pd.DataFrame, np.ndarray]:
     """Chunk and embed documents with Ray Data (an actor pool holds the encoder)."""
     if docs.empty:
-        return pd.DataFrame(columns=["doc_id", "doc_hash", "chunk", "title", "text"]), \
-            np.zeros((0, 0), np.float32)
+        return pd.DataFrame(columns=["doc_id", "doc_hash", "chunk", "title", "text",
+                                     *settings.filter_columns]), np.zeros((0, 0), np.float32)
     # Several blocks, so that every actor of the pool gets documents.
     blocks = np.array_split(np.arange(len(docs)), min(len(docs), settings.embed_actors * 8))
     embedded = (ray.data.from_pandas([docs.iloc[b] for b in blocks])
@@ -252,6 +263,28 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: 
     return np.where(rows >= 0, top, 0).astype(np.float32), rows
 
 
+def exact_among(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product scores and rows of each query's `k` best among `rows` (padded with
+    -1 when there are fewer)."""
+    scores = queries @ np.asarray(vectors[rows], dtype=np.float32).T
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top, found = np.take_along_axis(scores, best, axis=1), rows[best]
+    pad = ((0, 0), (0, k - best.shape[1]))
+    return np.pad(top, pad).astype(np.float32), np.pad(found, pad, constant_values=-1)
+
+
+def selector_params(index: faiss.Index, rows: np.ndarray) -> faiss.SearchParameters:
+    """Search parameters that keep `index`'s own settings and admit only `rows`."""
+    selector = faiss.IDSelectorBatch(rows.astype(np.int64))
+    kind = index_kind(index)
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    if kind == "ivfpq":
+        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+    return faiss.SearchParameters(sel=selector)
+
+
 def index_kind(index: faiss.Index) -> str:
     """`hnsw`, `ivfpq` or `exact`."""
     if isinstance(index, faiss.IndexHNSWFlat):
@@ -301,47 +334,67 @@ class VectorIndex:
         return loaded
 
     def save(self, storage: Storage, name: str) -> str:
-        """Write the files; the manifest last, so a reader never sees a partial index."""
+        """Write the files, each whole (a replaced file keeps its content for readers that
+        mapped it); the manifest last, so a reader never sees a partial index."""
         parts = ("indexes", name)
         buffer = io.BytesIO()
         self.chunks.to_parquet(buffer, index=False)
-        with storage.open_output(*parts, "chunks.parquet") as out:
-            out.write(buffer.getvalue())
+        storage.write_whole(buffer.getvalue(), *parts, "chunks.parquet")
         buffer = io.BytesIO()
         np.save(buffer, self.vectors)
-        with storage.open_output(*parts, "embeddings.npy") as out:
-            out.write(buffer.getvalue())
-        with storage.open_output(*parts, "index.faiss") as out:
-            out.write(faiss.serialize_index(self.index).tobytes())
+        storage.write_whole(buffer.getvalue(), *parts, "embeddings.npy")
+        storage.write_whole(faiss.serialize_index(self.index).tobytes(), *parts, "index.faiss")
         files = bm25_files(self.lexical)
         for file, data in files.items():
-            with storage.open_output(*parts, "bm25", file) as out:
-                out.write(data)
+            storage.write_whole(data, *parts, "bm25", file)
         self.manifest["bm25_files"] = sorted(files)
         return storage.write_json(self.manifest, *parts, "manifest.json")
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and chunk rows of the `k` nearest chunks of each query embedding (IVF-PQ: its
-        `k x rerank_factor` best by compressed codes, re-scored exactly from the embeddings)."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and chunk rows (-1: none) of the `k` nearest chunks of each query embedding,
+        among the `allowed` rows if given (up to `EXACT_FILTERED` of them scored exactly from
+        the embeddings, more through FAISS's ID selector). IVF-PQ: its `k x rerank_factor` best
+        by compressed codes, re-scored exactly."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        params = None
+        if allowed is not None:
+            rows = np.flatnonzero(allowed)
+            if len(rows) <= EXACT_FILTERED:
+                return exact_among(queries, rows, self.vectors, k)
+            params = selector_params(self.index, rows)
         factor = self.manifest["settings"].get("rerank_factor", 1)
         if index_kind(self.index) != "ivfpq" or factor <= 1:
-            return self.index.search(queries, k)
-        return rerank(queries, self.index.search(queries, k * factor)[1], self.vectors, k)
+            return self.index.search(queries, k, params=params)
+        candidates = self.index.search(queries, k * factor, params=params)[1]
+        return rerank(queries, candidates, self.vectors, k)
 
-    def retrieve(self, mode: Mode, texts: list[str], vectors: np.ndarray | None, k: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and chunk rows (-1: none) of the `k` best chunks per query: by cosine
-        (`dense`, from `vectors`), BM25 (`lexical`, from `texts`) or both fused by reciprocal
-        rank (`hybrid`, each side's top `FUSION_DEPTH`)."""
+    def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
+        """The rows whose filter columns hold one of the given values (all filters at once);
+        ValueError naming a column the index does not keep."""
+        kept = self.manifest["settings"].get("filter_columns", [])
+        unknown = sorted(set(filters) - set(kept))
+        if unknown:
+            raise ValueError(f"filters {unknown}: index {self.manifest['name']!r} filters on "
+                             f"{kept} (index.filter_columns)")
+        mask = np.ones(len(self.chunks), dtype=bool)
+        for column, values in filters.items():
+            mask &= self.chunks[column].isin([str(v) for v in values]).to_numpy()
+        return mask
+
+    def retrieve(self, mode: Mode, texts: list[str], vectors: np.ndarray | None, k: int,
+                 allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and chunk rows (-1: none) of the `k` best chunks per query, among the
+        `allowed` rows if given: by cosine (`dense`, from `vectors`), BM25 (`lexical`, from
+        `texts`) or both fused by reciprocal rank (`hybrid`, each side's top `FUSION_DEPTH`)."""
         if mode == "lexical":
-            return search_bm25(self.lexical, texts, k)
+            return search_bm25(self.lexical, texts, k, allowed)
         assert vectors is not None, f"{mode} retrieval needs the query embeddings"
         if mode == "dense":
-            return self.search(vectors, k)
+            return self.search(vectors, k, allowed)
         depth = max(k, FUSION_DEPTH)
-        return reciprocal_rank_fusion([self.search(vectors, depth)[1],
-                                       search_bm25(self.lexical, texts, depth)[1]], k)
+        return reciprocal_rank_fusion([self.search(vectors, depth, allowed)[1],
+                                       search_bm25(self.lexical, texts, depth, allowed)[1]], k)
 
 
 def embed_queries(texts: list[str], encoder: str, max_length: int) -> np.ndarray:
@@ -413,8 +466,9 @@ def update(storage: Storage, docs: pd.DataFrame, settings: IndexSettings
 
 def settings_key(settings: IndexSettings) -> str:
     """What must match for old embeddings to be reused: encoder, chunking, embedding length."""
-    return f"{settings.encoder}|{settings.chunking}|{settings.chunk_words}|" \
-           f"{settings.overlap_words}|{settings.max_length}|{settings.title_column}"
+    key = f"{settings.encoder}|{settings.chunking}|{settings.chunk_words}|" \
+          f"{settings.overlap_words}|{settings.max_length}|{settings.title_column}"
+    return key + (f"|{','.join(settings.filter_columns)}" if settings.filter_columns else "")
 
 
 def encoder_version(encoder: str) -> str:

@@ -223,7 +223,7 @@ class Ingress:
         """The k indexed chunks nearest the query."""
         start = time.perf_counter()
         out = await call_with_retry(self.retriever.retrieve, body.query, body.k,
-                                    body.mode or self.settings.retrieval_mode)
+                                    body.mode or self.settings.retrieval_mode, body.filters)
         self._log(request, "/v1/retrieve", out["index"], "", body.model_dump(),
                   [c["chunk_id"] for c in out["chunks"]], start)
         return out
@@ -236,8 +236,9 @@ class Ingress:
         exposure = self._exposure("/v1/rag", request, body.user_id, body.context)
         model = exposure.variant.model if exposure else body.model or self.settings.rag_model
         with self._failures_logged(request, "/v1/rag", exposure, start):
-            found = (await call_with_retry(self.retriever.retrieve, body.question, body.k,
-                                           body.mode or self.settings.retrieval_mode))["chunks"]
+            found = (await call_with_retry(
+                self.retriever.retrieve, body.question, body.k,
+                body.mode or self.settings.retrieval_mode, body.filters))["chunks"]
             while True:
                 completion = CompletionRequest(
                     model=model, max_tokens=body.max_tokens, temperature=0.0, stop=["\n"],

@@ -2,7 +2,8 @@
 hybrid (both, fused by reciprocal rank) search, chosen per request.
 
 Concurrent queries are embedded and searched together (`@serve.batch`): one encoder forward
-for the batch's dense and hybrid queries and one search per mode. The same encoder answers
+for the batch's dense and hybrid queries and one search per mode and filter. Filters name the
+index's `filter_columns`; another column is a 400 naming them. The same encoder answers
 `/v1/embeddings`. A rebuilt index is followed (serve_apps/follow.py): served within the app's
 `follow_interval_s`.
 """
@@ -16,6 +17,7 @@ from ray import serve
 
 from llm.index import VectorIndex
 from llm.lexical_index import Mode
+from serve_apps.errors import RequestError
 from serve_apps.follow import follow
 from slipway.models.text import Embedder
 from slipway.storage import Storage
@@ -51,22 +53,23 @@ class Retriever:
         return embedder({"text": np.asarray(texts, dtype=object)})["x"]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _search(self, queries: list[tuple[str, int, Mode]]) -> list[list[dict]]:
+    async def _search(self, queries: list[tuple[str, int, Mode, tuple]]) -> list[list[dict]]:
         index, embedder, _ = self.loaded  # one index for the whole batch
 
         def run() -> list[list[dict]]:
-            embedded = [i for i, (_, _, mode) in enumerate(queries) if mode != "lexical"]
+            embedded = [i for i, (_, _, mode, _) in enumerate(queries) if mode != "lexical"]
             row_of = {i: j for j, i in enumerate(embedded)}
             if embedded:
                 vectors = self._embed(embedder, [queries[i][0] for i in embedded])
             found: list[list[dict]] = [[] for _ in queries]
             chunks = index.chunks
-            for mode in {m for _, _, m in queries}:
-                picked = [i for i, (_, _, m) in enumerate(queries) if m == mode]
+            for mode, filters in {(m, f) for _, _, m, f in queries}:
+                picked = [i for i, (_, _, m, f) in enumerate(queries) if (m, f) == (mode, filters)]
                 scores, rows = index.retrieve(
                     mode, [queries[i][0] for i in picked],
                     None if mode == "lexical" else vectors[[row_of[i] for i in picked]],
-                    max(queries[i][1] for i in picked))
+                    max(queries[i][1] for i in picked),
+                    index.allowed(dict(filters)) if filters else None)
                 for j, i in enumerate(picked):
                     k = queries[i][1]
                     found[i] = [{"chunk_id": int(r), "doc_id": str(chunks["doc_id"].iat[r]),
@@ -77,10 +80,19 @@ class Retriever:
 
         return await asyncio.to_thread(run)
 
-    async def retrieve(self, query: str, k: int, mode: Mode) -> dict:
-        """The `k` best chunks for `query`, best first: cosine scores (dense), BM25 scores
-        (lexical) or reciprocal-rank-fusion scores (hybrid)."""
-        return {"index": self.name, "mode": mode, "chunks": await self._search((query, k, mode))}
+    async def retrieve(self, query: str, k: int, mode: Mode,
+                       filters: dict[str, list[str]] | None = None) -> dict:
+        """The `k` best chunks for `query`, best first, among those whose filter columns hold
+        one of the given values: cosine scores (dense), BM25 scores (lexical) or
+        reciprocal-rank-fusion scores (hybrid)."""
+        kept = self.loaded[0].manifest["settings"].get("filter_columns", [])
+        unknown = sorted(set(filters or {}) - set(kept))
+        if unknown:  # refused here, before the batch, so the batch's other requests are served
+            raise RequestError(400, f"filters {unknown}: index {self.name!r} filters on {kept} "
+                                    "(its index.filter_columns)")
+        key = tuple(sorted((c, tuple(v)) for c, v in (filters or {}).items()))
+        return {"index": self.name, "mode": mode,
+                "chunks": await self._search((query, k, mode, key))}
 
     async def embed(self, texts: list[str]) -> dict:
         """Sentence embeddings of `texts` (L2-normalised), the encoder's name and the number

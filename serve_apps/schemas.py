@@ -138,11 +138,20 @@ class EventsResponse(BaseModel):
     accepted: int
 
 
+Filters = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)],
+         Annotated[list[Annotated[str, StringConstraints(max_length=200)]],
+                   Field(min_length=1, max_length=100)]],
+    Field(max_length=8, description="only chunks whose column (one of the index's "
+                                    "filter_columns) holds one of the values")]
+
+
 class RetrieveRequest(Strict):
     query: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     k: int = Field(default=5, ge=1, le=20)
     mode: Mode | None = Field(default=None, description="dense, lexical (BM25) or hybrid (both, "
                                                         "fused); default: the app's")
+    filters: Filters | None = None
 
     _query = field_validator("query")(_not_blank)
 
@@ -166,6 +175,7 @@ class RagRequest(Strict):
     k: int = Field(default=3, ge=1, le=10)
     mode: Mode | None = Field(default=None, description="how chunks are retrieved (see "
                                                         "/v1/retrieve); default: the app's")
+    filters: Filters | None = None
     max_tokens: int = Field(default=48, ge=1, le=256)
     model: str | None = Field(default=None, description="served model; default: the app's "
                                                          "(an experiment's variant overrides)")

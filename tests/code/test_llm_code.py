@@ -123,6 +123,42 @@ def test_ivfpq_search_reranks_its_candidates_to_the_exact_neighbours():
         build_faiss(vectors, settings.model_copy(update={"pq_m": 7}))
 
 
+@pytest.mark.parametrize("exact_filtered", [20_000, 0])  # scored directly; FAISS's ID selector
+def test_filtered_search_returns_the_best_among_the_allowed_rows_only(exact_filtered,
+                                                                      monkeypatch):
+    import llm.index
+
+    monkeypatch.setattr(llm.index, "EXACT_FILTERED", exact_filtered)
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts = [f"chunk about {w}" for w in rng.choice(["cats", "dogs", "birds"], 300)]
+    section = np.where(np.arange(300) % 3 == 0, "a", "b")
+    settings = IndexSettings(filter_columns=["section"])
+    index = VectorIndex(index=build_faiss(vectors, settings), vectors=vectors,
+                        chunks=pd.DataFrame({"doc_id": [str(i) for i in range(300)],
+                                             "text": texts, "section": section}),
+                        manifest={"name": "t", "settings": settings.model_dump()},
+                        lexical=build_bm25(texts))
+    allowed = index.allowed({"section": ["a"]})
+    assert allowed.sum() == 100
+    queries = vectors[:4] + 0.1
+    scores, rows = index.retrieve("dense", ["cats"] * 4, queries, 5, allowed)
+    brute = queries @ vectors.T
+    brute[:, ~allowed] = -np.inf
+    assert (rows == np.argsort(-brute, axis=1)[:, :5]).all()
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+    for mode in ("lexical", "hybrid"):
+        _, rows = index.retrieve(mode, ["cats"] * 4, queries, 20, allowed)
+        assert allowed[rows[rows >= 0]].all() and (rows >= 0).sum() > 0
+    # Fewer allowed rows than k: the rest is empty (-1), not rows from elsewhere.
+    _, rows = index.retrieve("dense", ["cats"], queries[:1], 5, np.arange(300) < 2)
+    assert list(rows[0]) == [*np.argsort(-(queries[0] @ vectors[:2].T)), -1, -1, -1]
+    with pytest.raises(ValueError, match=r"filters \['year'\]: index 't' filters on "
+                                         r"\['section'\]"):
+        index.allowed({"year": ["2024"]})
+
+
 def test_ranking_metrics_match_scikit_learns_ndcg_and_hand_counts():
     from sklearn.metrics import ndcg_score
 

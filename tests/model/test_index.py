@@ -59,6 +59,14 @@ def test_index_is_built_searched_and_evaluated(platform_root):
         assert chunk["text"].startswith(f"{title[chunk['doc_id']]}: ")
         assert " ".join(chunk["text"].split()[-5:]) in " ".join(body[chunk["doc_id"]].split())
         assert chunk["text"].endswith((".", "!", "?"))
+    # The topic column is kept with each chunk (index.filter_columns): a filtered search
+    # returns chunks of that topic's articles only, the best of them first.
+    sports = articles.loc[articles["topic"] == "sports", "article_id"].astype(str)
+    allowed = index.allowed({"topic": ["sports"]})
+    assert set(index.chunks.loc[allowed, "doc_id"]) == set(sports)
+    query = embed_queries(["The coach praised the team"], "all-MiniLM-L6-v2", 128)
+    _, rows = index.retrieve("hybrid", ["The coach praised the team"], query, 10, allowed)
+    assert len(rows[0]) == 10 and set(index.chunks["doc_id"].iloc[rows[0]]) <= set(sports)
     # Generated questions: far better than chance (10 of 200 documents in the top 10).
     evaluation = index.manifest["evaluation"]
     assert evaluation["questions"] == 20 and evaluation["source"] == "generated"

@@ -159,6 +159,16 @@ def test_each_retrieval_mode_answers_as_the_index_does(api, platform_root):
     assert default == served  # hybrid
     bad = api.post("/v1/retrieve", json={"query": QUESTION, "mode": "fuzzy"})
     assert bad.status_code == 422 and "mode" in bad.text
+    # Filters on the index's filter_columns: chunks of those topics' articles only.
+    articles = pd.read_parquet(f"{platform_root}/curated/articles")
+    topics = dict(zip(articles["article_id"].astype(str), articles["topic"], strict=True))
+    sports = api.post("/v1/retrieve", json={"query": QUESTION, "k": 10,
+                                            "filters": {"topic": ["sports"]}}).json()
+    assert len(sports["chunks"]) == 10
+    assert {topics[c["doc_id"]] for c in sports["chunks"]} == {"sports"}
+    unknown = api.post("/v1/retrieve", json={"query": QUESTION, "filters": {"year": ["2024"]}})
+    assert unknown.status_code == 400 and "['year']" in unknown.json()["error"]["message"] \
+        and "filter_columns" in unknown.json()["error"]["message"]
 
 
 def test_a_clients_request_id_is_echoed_and_logged(api, platform_root):
