@@ -102,8 +102,9 @@ def main(cfg: EvaluateConfig) -> Evaluation:
         if compared:  # trained as the best of several candidates: each on the same rows
             candidates = json.loads(compared)
             for name, entry in candidates["candidates"].items():
-                other = score(registry, cfg.model_name, entry["version"], test)[0]
-                entry["test"] = classification_metrics(y, other)
+                entry["test"] = metrics if entry["version"] == mv.version else \
+                    classification_metrics(y, score(registry, cfg.model_name, entry["version"],
+                                                    test)[0])
                 run.log({f"candidates/{name}/macro_f1": entry["test"]["macro_f1"]})
         behaviour = None
         if cfg.behaviour_checks:
