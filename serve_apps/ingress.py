@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import RayServeException, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from ray.util.metrics import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm.evaluate import faithfulness
@@ -40,6 +42,7 @@ from serve_apps.schemas import (
     CompletionRequest,
     Context,
     EmbeddingRequest,
+    Event,
     EventsRequest,
     EventsResponse,
     RagRequest,
@@ -51,11 +54,14 @@ from serve_apps.schemas import (
 )
 from serve_apps.settings import AppSettings
 from slipway.storage import Storage
+from slipway.streaming.events import StreamEvent
+from slipway.streaming.stream import AsyncPublisher
 
 app = FastAPI(title="Slipway", version="0.1.0",
               description="Classification, ranking, retrieval, RAG and OpenAI-compatible "
                           "generation. `/v1` routes need `Authorization: Bearer <key>`.")
 READY_TIMEOUT_S = 5.0
+logger = logging.getLogger("ray.serve")
 ROUTES = ("/v1/classify", "/v1/rank", "/v1/events", "/v1/retrieve", "/v1/rag", "/v1/completions",
           "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz")
 
@@ -167,6 +173,10 @@ class Ingress:
         storage = Storage(self.settings.storage_root)
         self.log = PredictionLog(storage, self.settings.logging)
         self.events = event_log(storage, self.settings.logging)
+        self.stream = AsyncPublisher(self.settings.stream) if self.settings.stream else None
+        self.stream_failures = Counter(
+            "slipway_stream_publish_failures_total", "events not published to the stream "
+            "(they are still in the event log)")
         self.experiments = Experiments(storage, self.settings.follow_interval_s)
         app.state.gate = Gate(self.settings.auth)
         app.state.metrics = RouteMetrics()
@@ -175,6 +185,8 @@ class Ingress:
     async def __del__(self) -> None:
         await self.log.close()
         await self.events.close()
+        if self.stream is not None:
+            await self.stream.close()
 
     @app.post("/v1/classify", response_model=ClassifyResponse, **V1)
     async def classify(self, body: ClassifyRequest, request: Request, response: Response
@@ -211,12 +223,28 @@ class Ingress:
 
     @app.post("/v1/events", response_model=EventsResponse, **V1)
     async def events(self, body: EventsRequest, request: Request) -> dict:
-        """Outcome events (impressions, clicks, dwell seconds, conversions) for A/B analysis."""
+        """Outcome events (impressions, clicks, dwell seconds, conversions) for A/B analysis
+        and, when the app has a `stream`, for the stream features."""
         now = datetime.now(timezone.utc)
         self.events.append([{**event.model_dump(), "timestamp": now,
                              "api_key": request.state.api_key} for event in body.events])
         request.state.model = "events"
+        if self.stream is not None:
+            await self._publish(body.events, request.state.request_id, now)
         return {"accepted": len(body.events)}
+
+    async def _publish(self, events: list[Event], request_id: str, now: datetime) -> None:
+        """Put the events on the stream; if it is unreachable they are counted and logged,
+        and the request still succeeds (the event log has them)."""
+        ts_ms = int(now.timestamp() * 1000)
+        try:
+            await self.stream.publish([StreamEvent(
+                event_id=e.event_id or f"{request_id}:{i}", type=e.type, user_id=e.user_id,
+                article_id=e.article_id, value=e.value, ts_ms=ts_ms)
+                for i, e in enumerate(events)])
+        except Exception:
+            logger.exception("publishing %d events to the stream failed", len(events))
+            self.stream_failures.inc(len(events))
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, **V1)
     async def retrieve(self, body: RetrieveRequest, request: Request) -> dict:

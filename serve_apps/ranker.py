@@ -1,10 +1,12 @@
 """Ranker deployment: scores candidate articles for a user with the engagement model.
 
-Features come from the Feast online store (SQLite or Redis, as configured) through the
-`engagement` feature service: the same definitions that built the model's training set, and the
-same preprocessing stored with the model version. The champion alias is followed
-(serve_apps/follow.py): a promotion or rollback is served within the app's `follow_interval_s`.
-Experiment variants' versions are held beside it (serve_apps/versions.py).
+Features come from the Feast online store (SQLite or Redis, as configured) through the `ranking`
+feature service, in one read: the `engagement` features (the same definitions that built the
+model's training set, and the same preprocessing stored with the model version) and the stream
+views the stream consumer keeps fresh (slipway/streaming), which are logged with each answer.
+The champion alias is followed (serve_apps/follow.py): a promotion or rollback is served within
+the app's `follow_interval_s`. Experiment variants' versions are held beside it
+(serve_apps/versions.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Ranker:
     def _rank(self, user_id: int, article_ids: list[int], ref: str | int) -> dict:
         model, version = self.versions.get(ref)  # one version for the whole request
         rows = [{"user_id": user_id, "article_id": a} for a in article_ids]
-        features = online_features(self.store, rows)
+        features = online_features(self.store, rows, service="ranking")
         scores = predict_proba(model, version, features)
         found = features_found(features)
         ranking = sorted(({"article_id": a, "score": float(s), "features_found": bool(f)}

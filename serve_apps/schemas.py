@@ -116,6 +116,9 @@ class Event(Strict):
     """An outcome: what a user did after an answer (`request_id`: its X-Request-ID)."""
 
     type: Literal["impression", "click", "dwell", "conversion"]
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="your id for this event, so a retried post counts it once "
+        "in the stream features (default: the post's X-Request-ID and the event's position)")
     request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     user_id: EntityId | None = None
     article_id: EntityId | None = None

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from llm.lexical_index import Mode
 from slipway.config import StrictModel
 from slipway.features.store import FeatureStoreSettings
+from slipway.streaming.stream import StreamSettings
 
 
 class AuthSettings(StrictModel):
@@ -70,6 +71,9 @@ class AppSettings(StrictModel):
     retrieval_mode: Mode = Field(default="hybrid", description="how /v1/retrieve and /v1/rag "
                                  "search when a request does not say: dense, lexical or hybrid")
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
+    stream: StreamSettings | None = Field(
+        default=None, description="where /v1/events also publishes each event, for the stream "
+        "features (jobs.stream_features consumes it); None: the event log only")
     generator: GeneratorSettings = GeneratorSettings()
     rag_model: str = Field(default="articles_lora",
                            description="served model /v1/rag answers with unless asked for another")

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from slipway.features.columns import VIEW_COLUMNS
+from slipway.features.columns import STREAM_COLUMNS, VIEW_COLUMNS
 from slipway.storage import Storage
 
 COMMON = [
@@ -38,7 +38,8 @@ COMMON = [
     ("experiment", pa.string()), ("variant", pa.string()), ("unit", pa.string()),
 ]
 RANK_FEATURES = pa.struct([("user_id", pa.int64()), ("article_id", pa.int64()),
-                           *(f for fields in VIEW_COLUMNS.values() for f in fields)])
+                           *(f for fields in (*VIEW_COLUMNS.values(), *STREAM_COLUMNS.values())
+                             for f in fields)])
 RANK_SCORE = pa.struct([("article_id", pa.int64()), ("score", pa.float64()),
                         ("features_found", pa.bool_())])
 LABEL = pa.struct([("label", pa.string()),

@@ -3,6 +3,14 @@
 Entities `user` and `article`; feature views over the Parquet tables that `jobs.features` writes
 under `<root>/features/<view>/`; and the feature service `engagement`, the set the engagement model
 is trained and served with.
+
+The stream views `user_stream` and `article_stream` are fed by Feast push sources
+(`<view>_push`): the stream consumer (slipway/streaming) pushes each entity's window counts to the
+online store and appends the same rows under `<root>/features/<view>/`, their push source's batch
+source, so training sets join them point-in-time like any view. A row's `created` (when it was
+pushed) breaks ties between rows of one event time (a late event recounted). Their TTL is their
+longest window: a row older than an hour says nothing about the last hour. The feature service
+`ranking` is `engagement` plus the stream views: what the Ranker reads, in one online read.
 """
 
 from __future__ import annotations
@@ -10,10 +18,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pyarrow as pa
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, Int64, String
 
-from slipway.features.columns import VIEW_COLUMNS
+from slipway.features.columns import STREAM_COLUMNS, STREAM_WINDOWS_S, VIEW_COLUMNS
 from slipway.storage import Storage
 
 USER = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
@@ -24,6 +32,7 @@ ARTICLE = Entity(name="article", join_keys=["article_id"], value_type=ValueType.
 # A profile lives for ever; a daily engagement snapshot is stale once two newer days exist.
 PROFILE_TTL = timedelta(days=3650)
 SNAPSHOT_TTL = timedelta(days=2)
+STREAM_TTL = timedelta(seconds=max(STREAM_WINDOWS_S.values()))
 
 
 FEAST_TYPES = {pa.int64(): Int64, pa.float64(): Float64, pa.string(): String}
@@ -34,6 +43,7 @@ VIEW_FIELDS: dict[str, tuple[Entity, timedelta, list[Field]]] = {
     name: (entity, ttl, [Field(name=f.name, dtype=FEAST_TYPES[f.type])
                          for f in VIEW_COLUMNS[name]])
     for name, (entity, ttl) in ENTITIES.items()}
+STREAM_ENTITIES: dict[str, Entity] = {"user_stream": USER, "article_stream": ARTICLE}
 
 
 def feature_views(storage: Storage) -> list[FeatureView]:
@@ -45,6 +55,25 @@ def feature_views(storage: Storage) -> list[FeatureView]:
         views.append(FeatureView(name=name, entities=[entity], ttl=ttl, schema=fields,
                                  source=source, online=True))
     return views
+
+
+def stream_views(storage: Storage) -> list[FeatureView]:
+    """The near-real-time views, each fed by its push source `<view>_push`."""
+    views = []
+    for name, entity in STREAM_ENTITIES.items():
+        batch = FileSource(name=f"{name}_source", path=storage.uri("features", name),
+                           timestamp_field="event_timestamp", created_timestamp_column="created")
+        push = PushSource(name=f"{name}_push", batch_source=batch)
+        fields = [Field(name=f.name, dtype=FEAST_TYPES[f.type]) for f in STREAM_COLUMNS[name]]
+        views.append(FeatureView(name=name, entities=[entity], ttl=STREAM_TTL, schema=fields,
+                                 source=push, online=True))
+    return views
+
+
+def ranking_service(views: list[FeatureView], streams: list[FeatureView]) -> FeatureService:
+    """What the Ranker reads: the engagement model's features and the stream views."""
+    return FeatureService(name="ranking", features=[*views, *streams],
+                          description="engagement features and the near-real-time stream views")
 
 
 def engagement_service(views: list[FeatureView]) -> FeatureService:

@@ -114,7 +114,8 @@ def test_every_shipped_config_validates_against_its_job():
             "simulate_annotators": "jobs.simulate_annotators:SimulateConfig",
             "accept_labels": "jobs.accept_labels:AcceptConfig",
             "labeling_round": "jobs.labeling_round:RoundConfig",
-            "optimize": "jobs.optimize:OptimizeConfig"}
+            "optimize": "jobs.optimize:OptimizeConfig",
+            "stream_features": "jobs.stream_features:StreamFeaturesConfig"}
     layers = {"production/features": "features", "production/monitor": "monitor",
               "production/pipeline": "pipeline"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))

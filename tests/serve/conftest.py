@@ -17,8 +17,9 @@ KEYS = {"tester": "sk-test-0123456789", "slow": "sk-slow-abcdef"}
 
 
 @pytest.fixture(scope="session")
-def serve_config(platform_root, tmp_path_factory) -> dict:
-    """The shipped Serve config with test args: the platform root, test keys, small engine."""
+def serve_config(platform_root, tmp_path_factory, redis_url) -> dict:
+    """The shipped Serve config with test args: the platform root, test keys, small engine,
+    events published to a stream on the session's Redis."""
     keys_file = tmp_path_factory.mktemp("secrets") / "keys.yaml"
     keys_file.write_text(yaml.safe_dump({"keys": [
         {"name": "tester", "key": KEYS["tester"], "rate_per_minute": 100_000},
@@ -30,6 +31,7 @@ def serve_config(platform_root, tmp_path_factory) -> dict:
     args.update(storage_root=platform_root, logging={"flush_rows": 1000, "flush_interval_s": 0.5},
                 auth={"keys_file": str(keys_file), "keys_env": "SLIPWAY_TEST_NO_KEYS"})
     args["generator"]["engine_kwargs"]["kv_cache_memory_bytes"] = 256 << 20
+    args["stream"] = {"url": f"redis://{redis_url}", "name": "serve:events"}
     args["follow_interval_s"] = 1.0  # promotions reach the app within a second or so
     for deployment in config["applications"][0]["deployments"]:  # one replica each: the
         deployment.pop("autoscaling_config", None)  # tests follow a replica by its id

@@ -180,6 +180,54 @@ def test_a_clients_request_id_is_echoed_and_logged(api, platform_root):
     assert logged["request_id"].tolist() == [mine]
 
 
+def test_posted_events_stream_into_the_features_the_ranker_reads(api, platform_root, serve_config):
+    import ray
+
+    from slipway.streaming.consumer import ConsumerSettings, start_consumers
+    from slipway.streaming.stream import StreamSettings, open_stream
+
+    # A user the world has not seen (no other test's traffic, no daily features), on articles
+    # it has.
+    user = int(pd.read_parquet(f"{platform_root}/curated/users")["user_id"].max()) + 1000
+    articles = pd.read_parquet(f"{platform_root}/curated/articles")["article_id"].head(3).tolist()
+    events = [{"type": "impression", "user_id": user, "article_id": a} for a in articles]
+    events += [{"type": "click", "user_id": user, "article_id": articles[0]},
+               {"type": "dwell", "user_id": user, "article_id": articles[0], "value": 42.5}]
+    posted = api.post("/v1/events", json={"events": events})
+    retried = {"events": [{"type": "click", "user_id": user, "article_id": articles[1],
+                           "event_id": "client-click-7"}]}
+    assert posted.status_code == 200 and api.post("/v1/events", json=retried).status_code == 200
+    assert api.post("/v1/events", json=retried).status_code == 200  # the client's retry
+
+    # On the stream: each event once per post, with the post's X-Request-ID as its id unless the
+    # client named it.
+    settings = StreamSettings(**serve_config["applications"][0]["args"]["stream"])
+    stream = open_stream(settings)
+    mine = pd.DataFrame([f for _, f in stream.client.xrange(settings.name)])
+    mine = mine[mine["user_id"] == str(user)]
+    request_id = posted.headers["x-request-id"]
+    assert mine["event_id"].tolist() == [f"{request_id}:{i}" for i in range(5)] + [
+        "client-click-7"] * 2
+    assert mine["type"].tolist() == [e["type"] for e in events] + ["click", "click"]
+
+    # A consumer group turns them into the user's stream features; the Ranker reads them with
+    # the daily ones (in its logged inputs), the retried click counted once.
+    consumers = start_consumers(ConsumerSettings(stream=settings, block_ms=100),
+                                platform_root, {}, prefix="serve-test")
+    deadline = time.monotonic() + 180
+    while stream.lag() != {"lag": 0, "pending": 0} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ray.get([c.stop.remote() for c in consumers])
+    ranked = api.post("/v1/rank", json={"user_id": user, "article_ids": articles})
+    assert ranked.status_code == 200
+    logged = wait_logged(platform_root, "v1_rank", {ranked.headers["x-request-id"]})
+    seen = pd.DataFrame(list(logged["inputs"].iloc[0])).set_index("article_id")
+    assert (seen["user_impressions_1h"] == 3).all() and (seen["user_clicks_1h"] == 2).all()
+    assert (seen["user_dwell_seconds_1h"] == 42.5).all()
+    assert (seen["article_impressions_1h"] >= 1).all()
+    assert seen["article_ctr_30d"].notna().all()  # the daily features beside them
+
+
 def wait_logged(root: str, route: str, ids: set[str], timeout_s: float = 120) -> pd.DataFrame:
     """The prediction-log rows of `ids`, polled until all are written (a generous bound)."""
     deadline = time.monotonic() + timeout_s
