@@ -64,7 +64,7 @@ redis:
 	@command -v redis-server >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-demo: setup label-studio
+demo: setup redis label-studio
 	$(BIN)/python -m jobs.generate --config configs/generate.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m jobs.ingest --config configs/ingest.yaml --set storage.root=$(ROOT)
 	$(BIN)/python -m jobs.features --config configs/features.yaml --set storage.root=$(ROOT)
@@ -96,9 +96,9 @@ demo: setup label-studio
 	cp -r $(ROOT)/models $(DRIFTED)/models
 	$(BIN)/python -m jobs.replay --set storage.root=$(DRIFTED) --set start=$(REPLAY_START)
 	$(BIN)/python -m jobs.monitor --config configs/monitor.yaml --set storage.root=$(DRIFTED)
-	@echo "== serve: the app answers each route, then a simulated A/B experiment on it =="
+	@echo "== serve: the app answers each route, then a simulated A/B experiment on it, its events streamed into the stream features =="
 	$(BIN)/python -m serve_apps.demo --config configs/serve/app.yaml --root $(ROOT) \
-		--experiment configs/experiments/ranker_ab.yaml --visits 600
+		--experiment configs/experiments/ranker_ab.yaml --visits 600 --stream
 	@echo "== labeling: one round on what /v1/classify served, in a local Label Studio =="
 	$(BIN)/python -m jobs.labeling_round --config configs/labeling_round.yaml \
 		--set storage.root=$(ROOT) --set start_label_studio.data_dir=$(ROOT)-label-studio \

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -63,27 +60,9 @@ def write_results(name: str, results: dict, table: list[tuple[str, str]]) -> Pat
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis() -> tuple[subprocess.Popen, str]:
-    """A redis-server on 127.0.0.1 and a free port, without persistence; (process, host:port)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is not installed; `make redis` installs it (apt-get)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.terminate()
-    raise RuntimeError(f"redis-server did not start on port {port} within 10 s")
+def update_results(name: str, values: dict, table: list[tuple[str, str]]) -> Path:
+    """Set `values` in the existing `results/NAME.json` (a benchmark's `--only` part), print
+    `table`."""
+    path = RESULTS / f"{name}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    return write_results(name, {**results, **values}, table)

@@ -39,7 +39,7 @@ import time
 import httpx
 import ray
 
-from benchmarks.common import RESULTS, env_info, free_port, write_results
+from benchmarks.common import env_info, update_results, write_results
 from benchmarks.platform import ensure_platform
 from benchmarks.serve import (
     HEADERS,
@@ -49,6 +49,7 @@ from benchmarks.serve import (
     serve_config,
     with_classifier,
 )
+from slipway.local import free_port
 
 MODEL = "man_sections"
 VARIANTS = ("fp32", "onnx", "onnx_int8", "distilled", "distilled_int8")
@@ -331,12 +332,6 @@ def llm_int8(root: str, hidden: int, layers: int, max_examples: int = 60,
     return out
 
 
-def update_results(values: dict, rows: list[tuple[str, str]]) -> None:
-    """Set `values` in the existing results/optimize.json (one `--only` part) and print `rows`."""
-    results = json.loads((RESULTS / "optimize.json").read_text())
-    write_results("optimize", {**results, **values}, rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="a platform root (default: build one, "
@@ -354,7 +349,7 @@ def main() -> None:
     root = ensure_platform(opts.root)
     if opts.only == "prefix":
         ttft = prefix_cache_ttft(root, opts.gen_hidden, opts.gen_layers, prefix=448, suffix=48)
-        update_results({"vllm_prefix_cache_ttft_ratio": ttft["ratio"],
+        update_results("optimize", {"vllm_prefix_cache_ttft_ratio": ttft["ratio"],
                         "vllm_prefix_cache": ttft}, [("vLLM TTFT, prefix cache on / off", (
             f"{ttft['ttft_ms_on']:.0f} / {ttft['ttft_ms_off']:.0f} ms "
             f"({ttft['ratio']:.2f}x), {ttft['prefix_tokens']} shared + "
@@ -364,7 +359,7 @@ def main() -> None:
         got = llm_int8(root, opts.gen_hidden, opts.gen_layers)
         rows = [(f"vLLM {name}", f"{got[name]['tokens_per_s']:.0f} tokens/s, " + ", ".join(
             f"{k} {v:.3f}" for k, v in got[name]["metrics"].items())) for name in ("fp32", "int8")]
-        update_results({"llm_int8": got}, [*rows, ("int8 answers equal to fp32's",
+        update_results("optimize", {"llm_int8": got}, [*rows, ("int8 answers equal to fp32's",
                                                     f"{got['agreement']:.3f}")])
         return
     if opts.only == "sweep":
@@ -375,7 +370,7 @@ def main() -> None:
         version = Registry(Storage(root)).get(MODEL, "optimized").version
         rows = batching_sweep(root, man_page_summaries(opts.per_section)["text"].tolist(),
                               version, opts.requests)
-        update_results({"batching_sweep": rows}, [(
+        update_results("optimize", {"batching_sweep": rows}, [(
             f"{r['replicas']} x {r['threads']} threads, batch {r['max_batch_size']} / "
             f"{r['batch_wait_timeout_s'] * 1000:.0f} ms",
             f"{r['rps']:.0f} req/s, p99 {r['p99_ms']:.0f} ms") for r in rows])

@@ -43,8 +43,9 @@ import httpx
 import pandas as pd
 import yaml
 
-from benchmarks.common import RESULTS, env_info, free_port, percentile, write_results
+from benchmarks.common import RESULTS, env_info, percentile, write_results
 from benchmarks.platform import ensure_platform
+from slipway.local import free_port
 
 KEY = "sk-bench-0123456789"
 LEVELS = (1, 8, 32)

@@ -17,6 +17,7 @@ from ray import serve
 
 from serve_apps.follow import follow
 from serve_apps.versions import Versions
+from slipway.features.online import RedisOnlineReader
 from slipway.features.store import FeatureStoreSettings, online_features, open_store
 from slipway.models.engagement import features_found
 from slipway.models.scoring import predict_proba
@@ -36,12 +37,17 @@ class Ranker:
         # side in this replica.
         self.versions = Versions(Registry(storage), model_name)
         self.store = open_store(FeatureStoreSettings(**feature_store), storage)
+        # On Redis (production), Feast's own layout read directly: the same values, without
+        # the SDK's per-call overhead (slipway/features/online.py).
+        reader = (RedisOnlineReader(self.store, "ranking").read
+                  if self.store.config.online_store.type == "redis" else None)
+        self.read = reader or (lambda rows: online_features(self.store, rows, service="ranking"))
         follow(self.versions.refresh, follow_interval_s, f"ranker {model_name}")
 
     def _rank(self, user_id: int, article_ids: list[int], ref: str | int) -> dict:
         model, version = self.versions.get(ref)  # one version for the whole request
         rows = [{"user_id": user_id, "article_id": a} for a in article_ids]
-        features = online_features(self.store, rows, service="ranking")
+        features = self.read(rows)
         scores = predict_proba(model, version, features)
         found = features_found(features)
         ranking = sorted(({"article_id": a, "score": float(s), "features_found": bool(f)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import start_redis
+from slipway.local import start_redis
 
 # What the Makefile exports, so that plain `pytest` runs as `make test` does: no Ray token auth on
 # the local Ray, models from local paths only, DeepSpeed's C++ ops compiled once beside the venv.
@@ -149,8 +149,8 @@ def label_studio() -> Iterator[object]:
     started in a scratch folder from the template `make label-studio` made (its database
     migrated once: about 7 s; slipway.labeling.studio); its settings, with the admin's token in
     LABEL_STUDIO_API_KEY."""
-    from benchmarks.common import free_port
     from slipway.labeling.studio import LocalServer
+    from slipway.local import free_port
 
     with LocalServer(tempfile.mkdtemp(prefix="slipway-label-studio-"), free_port(),
                      template=str(ROOT / ".label-studio/template")) as settings:

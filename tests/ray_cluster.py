@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import free_port
+from slipway.local import free_port
 
 BIN = os.path.dirname(sys.executable)
 
@@ -65,7 +65,7 @@ class LocalCluster:
         return [n.node_id for n in list_nodes(address=self.dashboard, raise_on_missing_output=False)
                 if n.state == "ALIVE"]
 
-    def wait_for_nodes(self, count: int, timeout_s: float = 120) -> list[str]:
+    def wait_for_nodes(self, count: int, timeout_s: float = 300) -> list[str]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:

@@ -11,8 +11,9 @@ old: no training row finds only future feature rows (Feast's file store drops su
 of returning nulls), and a cold-start entity is represented as it is served, with zero counts.
 
 The path is lean on purpose: each block of events is reduced to (entity, day) partial sums with
-Arrow's group-by (no per-row Python), the small partials are shuffled by entity, and windows are
-cumulative sums over a dense entity x day grid in NumPy.
+Arrow's group-by (no per-row Python), the small partials are repartitioned by entity (Ray Data's
+keyed hash shuffle, so each block holds whole entities), and windows are cumulative sums over a
+dense entity x day grid in NumPy, one block at a time.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ EVENT_COLUMNS = ["user_id", "article_id", "event_timestamp", "clicked", "dwell_s
 _PARTIAL_SCHEMA = pa.schema([
     ("kind", pa.int8()), ("entity_id", pa.int64()), ("day", pa.int64()),
     ("impressions", pa.int64()), ("clicks", pa.int64()), ("dwell", pa.float64()),
-    ("last_us", pa.int64()), ("part", pa.int64()),
+    ("last_us", pa.int64()),
 ])
 
 
-def daily_partials(events: pa.Table, partitions: int) -> pa.Table:
-    """Reduce a block of events to per (kind, entity, day) sums; `part` routes the shuffle."""
+def daily_partials(events: pa.Table) -> pa.Table:
+    """Reduce a block of events to per (kind, entity, day) sums."""
     ts_us = pc.cast(pc.cast(events["event_timestamp"], pa.timestamp("us", tz="UTC"), safe=False),
                     pa.int64())
     base = pa.table({
@@ -59,7 +60,6 @@ def daily_partials(events: pa.Table, partitions: int) -> pa.Table:
             "clicks": agg["clicked_sum"],
             "dwell": agg["dwell_sum"],
             "last_us": agg["ts_max"],
-            "part": pa.array(agg["entity_id"].to_numpy() % partitions),
         }, schema=_PARTIAL_SCHEMA))
     return pa.concat_tables(out)
 
@@ -135,18 +135,8 @@ def window_schema(kind: str) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _window_part(batch: pa.Table, partial_refs: list, kind: str) -> pa.Table:
-    """Reduce step: gather one partition's partial sums from every map block and window them."""
-    tables = ray.get(partial_refs)
-    last_day = max(pc.max(t["day"]).as_py() for t in tables if t.num_rows)
-    part = batch["part"][0].as_py()
-    mine = [t.filter(pc.and_(pc.equal(t["part"], part), pc.equal(t["kind"], KIND_CODES[kind])))
-            for t in tables]
-    return windowed_features(pa.concat_tables(mine), kind, last_day)
-
-
 def default_partitions() -> int:
-    """Reduce tasks per entity kind: twice the cluster's CPUs."""
+    """Blocks per entity kind after the shuffle: twice the cluster's CPUs."""
     return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
@@ -154,18 +144,19 @@ def engagement_features(events: ray.data.Dataset, partitions: int
                         ) -> dict[str, ray.data.Dataset]:
     """Ray Data pipeline from events to `{"user": ds, "article": ds}` of daily window features.
 
-    Map: each block of events becomes (entity, day) partial sums. Reduce: each of `partitions`
-    tasks per kind gathers its entities' partials from all blocks (they are far smaller than the
-    events) and computes the windows, so no row-level shuffle of events is needed.
+    Map: each block of events becomes (entity, day) partial sums. Shuffle: per kind, the
+    partials (far smaller than the events) are hash-partitioned by entity into `partitions`
+    blocks. Windows: each block's entities get their daily snapshots up to the last event day
+    of all the data.
     """
-    partials = events.map_batches(daily_partials, fn_kwargs={"partitions": partitions},
-                                  batch_format="pyarrow", batch_size=None).materialize()
-    refs = partials.to_arrow_refs()
+    partials = events.map_batches(daily_partials, batch_format="pyarrow",
+                                  batch_size=None).materialize()
+    last_day = partials.max("day")
     return {
-        kind: ray.data.from_items([{"part": i} for i in range(partitions)],
-                                  override_num_blocks=partitions).map_batches(
-            _window_part, fn_kwargs={"partial_refs": refs, "kind": kind},
-            batch_format="pyarrow", batch_size=1)
+        kind: partials.filter(expr=f"kind == {KIND_CODES[kind]}")
+        .repartition(partitions, keys=["entity_id"])
+        .map_batches(windowed_features, fn_kwargs={"kind": kind, "last_day": last_day},
+                     batch_format="pyarrow", batch_size=None)
         for kind in KINDS
     }
 

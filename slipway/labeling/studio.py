@@ -183,11 +183,8 @@ class LocalServer:
 def prepare_template(folder: str) -> str:
     """Start a server once in `folder` on a free port (migrating its database and making the
     admin) and stop it: a template for `LocalServer`; the folder."""
-    import socket
+    from slipway.local import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with LocalServer(folder, port):
+    with LocalServer(folder, free_port()):
         pass
     return folder

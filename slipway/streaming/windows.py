@@ -29,6 +29,33 @@ from slipway.streaming.events import COUNTED, StreamEvent
 RETENTION_MS = 1000 * max(STREAM_WINDOWS_S.values())
 IDLE_EXPIRY_S = 2 * RETENTION_MS // 1000
 
+# One entity's sets (KEYS: impressions, clicks, dwell) read server-side in one call: its newest
+# event time, then after trimming what is older than the retention (ARGV[1] ms) and renewing
+# the expiry (ARGV[2] s), impressions and clicks per window (ARGV[3..] ms), the dwell members of
+# the retention and the last click with its time.
+READ_SCRIPT = """
+local newest = 0
+for i = 1, 3 do
+  local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  if #last > 0 and tonumber(last[2]) > newest then newest = tonumber(last[2]) end
+end
+local out = {newest}
+for i = 1, 3 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', newest - tonumber(ARGV[1]))
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+for j = 3, #ARGV do
+  local from = '(' .. string.format('%d', newest - tonumber(ARGV[j]))
+  table.insert(out, redis.call('ZCOUNT', KEYS[1], from, newest))
+  table.insert(out, redis.call('ZCOUNT', KEYS[2], from, newest))
+end
+local start = '(' .. string.format('%d', newest - tonumber(ARGV[1]))
+table.insert(out, redis.call('ZRANGEBYSCORE', KEYS[3], start, newest))
+table.insert(out, redis.call('ZREVRANGEBYSCORE', KEYS[2], newest, '-inf', 'WITHSCORES',
+                             'LIMIT', 0, 1))
+return out
+"""
+
 
 class WindowState:
     """The per-entity event sets under `prefix` in one Redis."""
@@ -36,6 +63,7 @@ class WindowState:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self._read = client.register_script(READ_SCRIPT)
 
     def _key(self, kind: str, entity: int, event_type: str) -> str:
         return f"{self.prefix}:{kind}:{entity}:{event_type}"
@@ -60,35 +88,21 @@ class WindowState:
         return {kind: sorted(ids) for kind, ids in touched.items()}
 
     def features(self, kind: str, entities: list[int]) -> pa.Table:
-        """Each entity's features as of its newest event (two round trips for all)."""
+        """Each entity's features as of its newest event (one script call per entity, all in
+        one round trip)."""
         if not entities:
             return pa.table({KINDS[kind]: pa.array([], pa.int64())})
         pipe = self.client.pipeline(transaction=False)
+        windows_ms = [1000 * seconds for seconds in STREAM_WINDOWS_S.values()]
         for entity in entities:
-            for event_type in COUNTED:
-                pipe.zrange(self._key(kind, entity, event_type), -1, -1, withscores=True)
-        newest = pipe.execute()  # per entity and type: [] or [(member, time)]
-        per = len(COUNTED)
-        ends = [int(max(s for cell in newest[i * per:(i + 1) * per] for _, s in cell))
-                for i in range(len(entities))]
-
-        for entity, end in zip(entities, ends, strict=True):
-            keys = {t: self._key(kind, entity, t) for t in COUNTED}
-            for key in keys.values():
-                pipe.zremrangebyscore(key, "-inf", end - RETENTION_MS)
-                pipe.expire(key, IDLE_EXPIRY_S)
-            for seconds in STREAM_WINDOWS_S.values():
-                pipe.zcount(keys["impression"], f"({end - 1000 * seconds}", end)
-                pipe.zcount(keys["click"], f"({end - 1000 * seconds}", end)
-            pipe.zrangebyscore(keys["dwell"], f"({end - RETENTION_MS}", end)
-            pipe.zrevrangebyscore(keys["click"], end, "-inf", start=0, num=1, withscores=True)
+            self._read(keys=[self._key(kind, entity, t) for t in COUNTED],
+                       args=[RETENTION_MS, IDLE_EXPIRY_S, *windows_ms], client=pipe)
         replies = pipe.execute()
-        per_entity = len(replies) // max(1, len(entities))
+        ends = [int(reply[0]) for reply in replies]
 
         columns: dict[str, list] = defaultdict(list)
-        for i, end in enumerate(ends):
-            reply = replies[i * per_entity:(i + 1) * per_entity][2 * len(COUNTED):]
-            counts, dwell, last_click = reply[:-2], reply[-2], reply[-1]
+        for reply, end in zip(replies, ends, strict=True):
+            counts, dwell, last_click = reply[1:-2], reply[-2], reply[-1]
             for j, suffix in enumerate(STREAM_WINDOWS_S):
                 columns[f"{kind}_impressions_{suffix}"].append(counts[2 * j])
                 columns[f"{kind}_clicks_{suffix}"].append(counts[2 * j + 1])
@@ -98,7 +112,7 @@ class WindowState:
             columns[f"{kind}_dwell_seconds_1h"].append(
                 float(sum(float(m.rsplit("|", 1)[1]) for m in dwell)))
             columns[f"{kind}_seconds_since_last_click"].append(
-                (end - last_click[0][1]) / 1000 if last_click else None)
+                (end - float(last_click[1])) / 1000 if last_click else None)
         return pa.table({
             KINDS[kind]: pa.array(entities, pa.int64()),
             "event_timestamp": pa.array(np.array(ends, dtype="datetime64[ms]"),

@@ -38,8 +38,8 @@ def test_windows_match_direct_definition():
                            "event_timestamp": ts, "clicked": rng.random(n) < 0.3,
                            "dwell_seconds": rng.uniform(0, 60, n)})
     # Two blocks, as Ray Data would hand them over, with entities split across both.
-    partials = pa.concat_tables([daily_partials(events.slice(0, 1700), 4),
-                                 daily_partials(events.slice(1700), 4)])
+    partials = pa.concat_tables([daily_partials(events.slice(0, 1700)),
+                                 daily_partials(events.slice(1700))])
     last_day = int(pc.max(partials["day"]).as_py())
     feats = windowed_features(partials, "user", last_day).to_pandas()
     df = events.to_pandas()

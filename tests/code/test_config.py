@@ -117,7 +117,8 @@ def test_every_shipped_config_validates_against_its_job():
             "optimize": "jobs.optimize:OptimizeConfig",
             "stream_features": "jobs.stream_features:StreamFeaturesConfig"}
     layers = {"production/features": "features", "production/monitor": "monitor",
-              "production/pipeline": "pipeline"}  # each over its base
+              "production/pipeline": "pipeline",
+              "production/stream_features": "stream_features"}  # each over its base
     shipped = {str(p.relative_to("configs").with_suffix(""))
                for p in Path("configs").rglob("*.yaml") if p.parts[1] not in ("behaviour", "serve")}
     assert shipped == set(jobs) | set(layers), "map each shipped config to its job here"

@@ -11,6 +11,7 @@ import papermill as pm
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from slipway.features.columns import STREAM_COLUMNS
 from slipway.features.definitions import VIEW_FIELDS
 from slipway.models.scoring import predict_proba
 from slipway.registry import Registry
@@ -38,7 +39,7 @@ def attach(ray_session) -> dict:
 def test_features_notebook_joins_and_plots_the_store(platform_root, attach, tmp_path):
     outputs, summary = run("01_features.ipynb", tmp_path, root=platform_root,
                            sample_events=2000, **attach)
-    assert summary["views"] == sorted(VIEW_FIELDS)
+    assert summary["views"] == sorted([*VIEW_FIELDS, *STREAM_COLUMNS])
     assert sum("<Figure" in o for o in outputs) >= 2  # the plots were drawn
     # The same 2,000 impressions (the notebook's seeded sample), clicks and click-through rate
     # by topic recomputed from the curated tables: the join kept every row and its label.

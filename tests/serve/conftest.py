@@ -10,8 +10,8 @@ import httpx
 import pytest
 import yaml
 
-from benchmarks.common import free_port
 from serve_apps.client import wait_ready
+from slipway.local import free_port
 
 KEYS = {"tester": "sk-test-0123456789", "slow": "sk-slow-abcdef"}
 
