@@ -230,7 +230,7 @@ def stream_freshness(work: Path, rate: int, seconds: float, probes: int,
         open_store,
     )
     from slipway.storage import Storage
-    from slipway.streaming.consumer import ConsumerSettings, start_consumers
+    from slipway.streaming.consumer import ConsumerSettings, start_consumers, stop_consumers
     from slipway.streaming.events import StreamEvent
     from slipway.streaming.stream import StreamSettings, open_stream
 
@@ -283,9 +283,7 @@ def stream_freshness(work: Path, rate: int, seconds: float, probes: int,
             while stream.lag() != {"lag": 0, "pending": 0}:
                 time.sleep(0.05)
             drain_s = time.perf_counter() - start
-            ray.get([a.stop.remote() for a in actors])
-            for actor in actors:
-                ray.kill(actor)
+            stop_consumers(actors)
             out[name] = {"freshness_p50_s": percentile(fresh, 50),
                          "freshness_p99_s": percentile(fresh, 99), "probes": len(fresh),
                          "events_per_s": published / elapsed, "lag_after": lag_after,

@@ -19,7 +19,7 @@ from slipway.config import JobConfig
 from slipway.features.store import FeatureStoreSettings, apply_definitions, open_store
 from slipway.runtime import init_ray
 from slipway.storage import Storage
-from slipway.streaming.consumer import ConsumerSettings, start_consumers
+from slipway.streaming.consumer import ConsumerSettings, start_consumers, stop_consumers
 from slipway.tracking import track_run
 
 
@@ -42,7 +42,7 @@ def main(cfg: StreamFeaturesConfig) -> dict[str, int]:
         consumers = start_consumers(cfg.consumer, storage.root, cfg.feature_store.model_dump())
         start = time.monotonic()
         totals: dict[str, int] = {}
-        try:
+        try:  # until run_for_s, or until stopped (Ctrl-C, `ray job stop`)
             while cfg.run_for_s is None or time.monotonic() - start < cfg.run_for_s:
                 time.sleep(cfg.report_every_s if cfg.run_for_s is None
                            else min(cfg.report_every_s, cfg.run_for_s))
@@ -55,8 +55,10 @@ def main(cfg: StreamFeaturesConfig) -> dict[str, int]:
                       f"{totals['dead_lettered']:,} dead-lettered, {totals['pushed_rows']:,} "
                       f"feature rows pushed; lag {totals['lag']:,}, pending {totals['pending']:,}",
                       flush=True)
+        except KeyboardInterrupt:
+            print("stopping the consumers", flush=True)
         finally:
-            ray.get([c.stop.remote() for c in consumers])
+            stop_consumers(consumers)
     return totals
 
 

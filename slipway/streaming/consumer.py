@@ -149,3 +149,10 @@ def start_consumers(settings: ConsumerSettings, storage_root: str, feature_store
         num_cpus=settings.num_cpus, max_restarts=-1, max_task_retries=-1)
     return [actor.remote(f"{prefix}-{i}", settings.model_dump(), storage_root, feature_store)
             for i in range(settings.consumers)]
+
+
+def stop_consumers(consumers: list[ray.actor.ActorHandle]) -> None:
+    """Let each consumer finish its batch, then end the actors (releasing their CPUs)."""
+    ray.get([c.stop.remote() for c in consumers])
+    for consumer in consumers:
+        ray.kill(consumer, no_restart=True)

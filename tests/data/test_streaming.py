@@ -22,7 +22,7 @@ from slipway.features.store import (
     open_store,
 )
 from slipway.storage import Storage
-from slipway.streaming.consumer import ConsumerSettings, start_consumers
+from slipway.streaming.consumer import ConsumerSettings, start_consumers, stop_consumers
 from slipway.streaming.events import StreamEvent, decode
 from slipway.streaming.stream import StreamSettings, open_stream
 from slipway.streaming.windows import WindowState
@@ -164,7 +164,7 @@ def test_streamed_events_become_online_and_point_in_time_features_equal_to_a_bru
             continue
         expected = (expected_first if when == "between" else expected_all).loc[user]
         pd.testing.assert_series_equal(values, expected[names], check_names=False)
-    ray.get([c.stop.remote() for c in consumers])
+    stop_consumers(consumers)
 
 
 def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_url):
@@ -199,6 +199,7 @@ def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_
     assert stream.client.xpending(cfg.stream.name, cfg.stream.group)["pending"] == 0
     assert done["lag"] == 0
 
+    stop_consumers(consumers)  # their CPUs back to the tests after this one
     everything = frame(events)
     for kind, ids in (("user", range(100, 140)), ("article", range(200, 215))):
         rows = [{"user_id": i, "article_id": 200} if kind == "user" else

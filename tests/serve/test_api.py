@@ -181,9 +181,7 @@ def test_a_clients_request_id_is_echoed_and_logged(api, platform_root):
 
 
 def test_posted_events_stream_into_the_features_the_ranker_reads(api, platform_root, serve_config):
-    import ray
-
-    from slipway.streaming.consumer import ConsumerSettings, start_consumers
+    from slipway.streaming.consumer import ConsumerSettings, start_consumers, stop_consumers
     from slipway.streaming.stream import StreamSettings, open_stream
 
     # A user the world has not seen (no other test's traffic, no daily features), on articles
@@ -217,7 +215,7 @@ def test_posted_events_stream_into_the_features_the_ranker_reads(api, platform_r
     deadline = time.monotonic() + 180
     while stream.lag() != {"lag": 0, "pending": 0} and time.monotonic() < deadline:
         time.sleep(0.2)
-    ray.get([c.stop.remote() for c in consumers])
+    stop_consumers(consumers)  # their CPUs back to the tests after this one
     ranked = api.post("/v1/rank", json={"user_id": user, "article_ids": articles})
     assert ranked.status_code == 200
     logged = wait_logged(platform_root, "v1_rank", {ranked.headers["x-request-id"]})
