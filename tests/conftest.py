@@ -120,6 +120,20 @@ def group(nodeid: str) -> str:
     return "served" if path.startswith(SERVED) else path
 
 
+SERVE_APP = {"running": False}  # set by tests/serve/conftest.py's `startup`
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Once this worker has run its served group, take the Serve app down before the next test:
+    its replicas hold CPUs of this worker's two-CPU Ray, which a two-worker training run of a
+    later group needs whole."""
+    if SERVE_APP["running"] and group(item.nodeid) != "served":
+        from ray import serve
+
+        serve.shutdown()
+        SERVE_APP["running"] = False
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Whole groups to a worker, in collection order (xdist's loadscope with the groups above)."""
     from xdist.scheduler import LoadScopeScheduling

@@ -12,6 +12,7 @@ import yaml
 
 from serve_apps.client import wait_ready
 from slipway.local import free_port
+from tests.conftest import SERVE_APP
 
 KEYS = {"tester": "sk-test-0123456789", "slow": "sk-slow-abcdef"}
 
@@ -63,6 +64,7 @@ def startup(serve_config, deploy) -> Iterator[tuple[str, list[httpx.Response]]]:
     from ray import serve
 
     deploy(serve_config)
+    SERVE_APP["running"] = True
     url = f"http://127.0.0.1:{serve_config['http_options']['port']}"
     answers: list[httpx.Response] = []
     wait_ready(url, timeout_s=600, answers=answers)
