@@ -111,7 +111,7 @@ class StreamConsumer:
 
     def _loop(self) -> None:
         pending = True  # first finish what this consumer was given before it last stopped
-        last_claim = 0.0
+        last_claim = last_lag = 0.0
         while not self._stop.is_set():
             try:
                 entries = self.stream.read(self.name, self.settings.batch_size,
@@ -125,8 +125,10 @@ class StreamConsumer:
                                                        self.settings.batch_size)
                 if entries:
                     self.process(entries)
-                lag = self.stream.lag()
-                self._lag.set(lag["lag"] + lag["pending"])
+                if now - last_lag >= 1.0:  # one XINFO a second, not one per batch
+                    last_lag = now
+                    lag = self.stream.lag()
+                    self._lag.set(lag["lag"] + lag["pending"])
             except Exception:  # Redis or the feature store down: retry what is pending
                 logger.exception("stream consumer %s: batch failed; retrying", self.name)
                 pending = True
