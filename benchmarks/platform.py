@@ -27,7 +27,8 @@ SMALL = {
     "finetune_llm": ["trainer.num_workers=2", "optim.epochs=1",
                      "optim.micro_batch_size=8", "data.max_articles=40", "max_length=320"],
     "evaluate_llm": ["max_examples_per_task=8", "max_new_tokens=8", "gate=[perplexity]"],
-    "index": ["index.embed_actors=1", "eval_questions=20"],
+    # Two FAISS shards built by Ray Data, served by two IndexShard deployments (tests/serve).
+    "index": ["index.embed_actors=1", "eval_questions=20", "index.shards=2"],
 }
 
 

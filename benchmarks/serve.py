@@ -46,6 +46,7 @@ import yaml
 from benchmarks.common import RESULTS, env_info, percentile, write_results
 from benchmarks.platform import ensure_platform
 from slipway.local import free_port
+from slipway.storage import Storage
 
 KEY = "sk-bench-0123456789"
 LEVELS = (1, 8, 32)
@@ -109,6 +110,8 @@ def serve_config(root: str, port: int) -> dict:
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
     args["storage_root"] = root
+    args["index_shards"] = len(Storage(root).read_json("indexes", args["index_name"],
+                                                       "manifest.json").get("shards") or [0])
     args["auth"]["keys_env"] = "SLIPWAY_BENCH_KEYS"
     args["auth"]["rate_per_minute"] = 10_000_000
     args["auth"]["burst"] = 10_000

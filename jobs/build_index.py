@@ -110,7 +110,8 @@ def main(cfg: BuildIndexConfig) -> dict:
             if kind != "exact":
                 exact = faiss.IndexFlatIP(index.vectors.shape[1])
                 exact.add(index.vectors)
-                evaluation[f"{kind}_recall_at_10"] = neighbour_recall(index.index, exact, queries)
+                evaluation[f"{kind}_recall_at_10"] = neighbour_recall(
+                    index.search(queries, 10)[1], exact.search(queries, 10)[1])
                 metrics[f"{kind}_recall_at_10"] = evaluation[f"{kind}_recall_at_10"]
         index.manifest["evaluation"] = evaluation
         storage.write_json(index.manifest, "indexes", cfg.index.name, "manifest.json")

@@ -5,7 +5,8 @@
 run a TorchTrainer with workers, CPU/GPU and fault tolerance from config, checkpoint every epoch
 under `<root>/checkpoints/<run>/`, log live from rank 0 to W&B, and keep the held-out test split
 for `jobs.evaluate`. `text.model: lexical` fits TF-IDF + logistic regression on the same split in
-one Ray task instead (seconds; registered with runtime `lexical`, served like any version).
+one Ray task instead (seconds; registered with runtime `lexical`, served like any version), and
+`text.model: combined` fits it on TF-IDF and the frozen encoder's sentence embeddings.
 `text.candidates` trains several of these on the same split, registers each, and makes the best
 on validation macro-F1 the challenger, with the comparison in its `candidates.json`.
 """
@@ -86,7 +87,8 @@ def final_metrics(metrics: dict) -> dict[str, float]:
 # What each text candidate sets in `text`.
 CANDIDATES = {"lexical": {"model": "lexical", "train_encoder": False},
               "frozen_encoder": {"model": "encoder", "train_encoder": False},
-              "tuned_encoder": {"model": "encoder", "train_encoder": True}}
+              "tuned_encoder": {"model": "encoder", "train_encoder": True},
+              "combined": {"model": "combined", "train_encoder": False}}
 
 
 def main(cfg: TrainConfig, alias: str | None = "challenger") -> TrainResult:
@@ -96,7 +98,7 @@ def main(cfg: TrainConfig, alias: str | None = "challenger") -> TrainResult:
     registry = Registry(storage)
     if cfg.task == "text" and cfg.text.candidates:
         return train_candidates(cfg, registry, alias)
-    if cfg.task == "text" and cfg.text.model == "lexical":
+    if cfg.task == "text" and cfg.text.model in ("lexical", "combined"):
         return train_lexical_job(cfg, storage, registry, alias)
     with track_run("train", cfg, storage, wandb_run=False) as run:
         prepared = prepare(cfg, storage)
@@ -155,7 +157,8 @@ def train_candidates(cfg: TrainConfig, registry: Registry, alias: str | None) ->
 
 def train_lexical_job(cfg: TrainConfig, storage: Storage, registry: Registry,
                       alias: str | None) -> TrainResult:
-    """The lexical text model: split, fit, register as `alias` (no Ray Train run)."""
+    """The lexical (or combined) text model: split, fit, register as `alias` (no Ray Train
+    run)."""
     with track_run("train", cfg, storage) as run:
         text = split_text(cfg.text, storage, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
         for name, version in text.data_versions.items():
@@ -175,7 +178,8 @@ def train_lexical_job(cfg: TrainConfig, storage: Storage, registry: Registry,
             registry.set_alias(cfg.model_name, alias, version.version, reason=run.run_id)
         run.log({**final, "model_version": version.version})
     sizes = " / ".join(f"{len(v):,} {k}" for k, v in text.splits.items())
-    print(f"{cfg.model_name} v{version.version} ({alias + ', ' if alias else ''}lexical): "
+    print(f"{cfg.model_name} v{version.version} ({alias + ', ' if alias else ''}"
+          f"{cfg.text.model}): "
           + ", ".join(f"{k} {v:.3f}" for k, v in final.items()) + f"; {sizes} examples")
     return TrainResult(version=version, history=pd.DataFrame([final]), run_name=run.run_id)
 

@@ -5,7 +5,8 @@ BM25, alone or fused (llm/lexical_index.py).
     <root>/indexes/<name>/chunks.parquet    one row per chunk: doc id, doc hash, title, text
     <root>/indexes/<name>/embeddings.npy    float32 embeddings, row i = chunk row i = FAISS id i
     <root>/indexes/<name>/index.faiss       exact inner product, or from `hnsw_threshold` on
-                                            HNSW or IVF-PQ (`approximate`)
+                                            HNSW or IVF-PQ (`approximate`); with `shards` > 1,
+                                            index-<i>.faiss, one per contiguous range of rows
     <root>/indexes/<name>/bm25/             the BM25 index over the same chunks (bm25s files)
 
 Chunks are whole sentences packed up to `chunk_words` words (a longer sentence is cut), each
@@ -16,14 +17,22 @@ additions only, the vectors are added to the saved FAISS index; when documents c
 disappeared, the index structure is rebuilt from the kept embeddings (no re-embedding). The
 BM25 side is re-indexed from the chunk texts on every build (its term statistics are
 corpus-wide; tokenizing costs a small share of embedding).
+
+Sharded (`shards` > 1): each shard is the FAISS structure of one contiguous range of rows, built
+in parallel by Ray Data (one block, one task per shard); a search asks every shard for its best
+k and merges them by score, so the answer is the one index's. In the Serve app each shard is a
+deployment of its own (serve_apps/retriever.py), so the structures of an index larger than one
+replica's memory are spread over replicas.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +42,7 @@ import numpy as np
 import pandas as pd
 import ray
 from pydantic import Field, model_validator
+from ray.data.extensions import TensorArray
 
 from llm.lexical_index import (
     Mode,
@@ -82,6 +92,9 @@ class IndexSettings(StrictModel):
     hnsw_m: int = Field(default=32, ge=4)
     hnsw_ef_construction: int = Field(default=80, ge=8)
     hnsw_ef_search: int = Field(default=64, ge=1)
+    shards: int = Field(default=1, ge=1, description="FAISS structures over contiguous ranges "
+                        "of rows, built in parallel by Ray Data and searched side by side "
+                        "(served by as many shard deployments: the app's index_shards)")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IndexSettings:
@@ -224,11 +237,13 @@ def expected_kind(count: int, settings: IndexSettings) -> str:
     return "exact" if count < settings.hnsw_threshold else settings.approximate
 
 
-def build_faiss(vectors: np.ndarray, settings: IndexSettings, seed: int = 0) -> faiss.Index:
+def build_faiss(vectors: np.ndarray, settings: IndexSettings, seed: int = 0,
+                kind: str | None = None) -> faiss.Index:
     """Exact inner-product search below `hnsw_threshold` vectors; from there on HNSW, or IVF-PQ
-    trained on a sample of up to 256 vectors per list."""
+    trained on a sample of up to 256 vectors per list (`kind` set: that structure, as for a
+    shard of a larger index)."""
     dim = vectors.shape[1]
-    kind = expected_kind(len(vectors), settings)
+    kind = kind or expected_kind(len(vectors), settings)
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = settings.hnsw_ef_construction
@@ -292,26 +307,154 @@ def index_kind(index: faiss.Index) -> str:
     return "ivfpq" if isinstance(index, faiss.IndexIVFPQ) else "exact"
 
 
+def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
+    """`shards` contiguous [start, end) ranges of `count` rows, sizes differing by at most 1."""
+    bounds = np.linspace(0, count, shards + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 @dataclass
-class VectorIndex:
-    """A loaded index: FAISS structure, chunk rows and their embeddings, the BM25 index over
-    the same rows, and the manifest."""
+class Shard:
+    """The FAISS structure of rows `start` to `start + index.ntotal` of an index."""
 
     index: faiss.Index
+    start: int
+
+    @property
+    def end(self) -> int:
+        """One past the last row."""
+        return self.start + self.index.ntotal
+
+    def search(self, queries: np.ndarray, k: int, vectors: np.ndarray,
+               allowed: np.ndarray | None = None, rerank_factor: int = 1
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and index rows (-1: none) of each query's `k` nearest among this shard's
+        rows, `allowed` (a mask over them) if given: up to `EXACT_FILTERED` of them scored
+        exactly from `vectors` (all rows of the index), more through FAISS's ID selector.
+        IVF-PQ: its `k x rerank_factor` best by compressed codes, re-scored exactly."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        params = None
+        if allowed is not None:
+            rows = np.flatnonzero(allowed)
+            if len(rows) <= EXACT_FILTERED:
+                return exact_among(queries, rows + self.start, vectors, k)
+            params = selector_params(self.index, rows)
+        if index_kind(self.index) != "ivfpq" or rerank_factor <= 1:
+            scores, rows = self.index.search(queries, k, params=params)
+            return scores, np.where(rows >= 0, rows + self.start, -1)
+        candidates = self.index.search(queries, k * rerank_factor, params=params)[1]
+        return rerank(queries, np.where(candidates >= 0, candidates + self.start, -1), vectors, k)
+
+
+def merge_results(results: list[tuple[np.ndarray, np.ndarray]], k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` best (score, row) pairs per query of several shards' answers, best first
+    (padded with score 0, row -1)."""
+    scores = np.concatenate([s for s, _ in results], axis=1)
+    rows = np.concatenate([r for _, r in results], axis=1)
+    ranked = np.where(rows >= 0, scores, -np.inf)
+    best = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+    rows = np.take_along_axis(rows, best, axis=1)
+    scores = np.where(rows >= 0, np.take_along_axis(scores, best, axis=1), 0)
+    pad = ((0, 0), (0, k - best.shape[1]))
+    return (np.pad(scores, pad).astype(np.float32),
+            np.pad(rows, pad, constant_values=-1).astype(np.int64))
+
+
+def _build_shard(batch: dict[str, np.ndarray], settings: dict, kind: str
+                 ) -> dict[str, np.ndarray]:
+    """Ray Data: one block of rows (one shard) in, its serialized FAISS structure out."""
+    rows = batch["row"]
+    index = build_faiss(np.ascontiguousarray(batch["x"], dtype=np.float32),
+                        IndexSettings(**settings), kind=kind)
+    return {"start": np.asarray([rows[0]]), "end": np.asarray([rows[-1] + 1]),
+            "faiss": np.asarray([faiss.serialize_index(index).tobytes()], dtype=object)}
+
+
+def build_shards(vectors: np.ndarray, settings: IndexSettings, in_process: bool = False
+                 ) -> list[Shard]:
+    """The FAISS structures of `settings.shards` contiguous ranges of `vectors` (their kind
+    chosen by the total count), built in parallel by Ray Data, one task per shard, or
+    `in_process`, one after another (beside a running app whose replicas hold the CPUs)."""
+    if len(vectors) < settings.shards:
+        raise ValueError(f"index.shards ({settings.shards}) is more than the index's "
+                         f"{len(vectors)} chunks: lower it")
+    kind = expected_kind(len(vectors), settings)
+    ranges = shard_ranges(len(vectors), settings.shards)
+    if settings.shards == 1 or in_process:
+        return [Shard(build_faiss(vectors[a:b], settings, kind=kind), a) for a, b in ranges]
+    blocks = [pd.DataFrame({"row": np.arange(a, b), "x": TensorArray(vectors[a:b])})
+              for a, b in ranges]
+    built = (ray.data.from_pandas(blocks)
+             .map_batches(_build_shard, batch_size=None, batch_format="numpy",
+                          fn_kwargs={"settings": settings.model_dump(), "kind": kind})
+             .to_pandas().sort_values("start"))
+    found = list(zip(built["start"].astype(int), built["end"].astype(int), strict=True))
+    if found != ranges:
+        raise RuntimeError(f"index shards came back as {found}, not {ranges}")
+    return [Shard(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), int(start))
+            for start, data in zip(built["start"], built["faiss"], strict=True)]
+
+
+def shard_files(manifest: dict) -> list[tuple[str, int, int]]:
+    """(file, start, end) of each shard an index's manifest names (one `index.faiss` before
+    indexes had shards)."""
+    ranges = manifest.get("shards") or [[0, manifest["chunks"]]]
+    if len(ranges) == 1:
+        return [("index.faiss", *ranges[0])]
+    return [(f"index-{i}.faiss", a, b) for i, (a, b) in enumerate(ranges)]
+
+
+def build_stamp(manifest: dict) -> str:
+    """What names one build of an index: a hash of its manifest (shard ranges included)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_shard(storage: Storage, name: str, manifest: dict, number: int) -> Shard:
+    """Shard `number` of the index `manifest` describes; ValueError if its file holds another
+    count of rows (read while a build replaced it)."""
+    file, start, end = shard_files(manifest)[number]
+    raw = np.frombuffer(storage.read_bytes("indexes", name, file), dtype=np.uint8)
+    shard = Shard(faiss.deserialize_index(raw), start)
+    if shard.end != end:
+        raise ValueError(f"index {name!r} shard {number} holds rows {start}-{shard.end}, its "
+                         f"manifest says {start}-{end}; it is being rebuilt: load it again once "
+                         "the build finishes")
+    return shard
+
+
+def load_vectors(storage: Storage, name: str) -> np.ndarray:
+    """An index's embeddings: memory-mapped when local (only re-ranked rows are touched)."""
+    if storage.is_local:
+        return np.load(storage.uri("indexes", name, "embeddings.npy"), mmap_mode="r")
+    return np.load(io.BytesIO(storage.read_bytes("indexes", name, "embeddings.npy")))
+
+
+# Searches every shard of an index: (queries, k, each shard's allowed mask or None) to each
+# shard's (scores, rows), in shard order; the Serve app's shard deployments are one.
+ShardSearch = Callable[[np.ndarray, int, list], list]
+
+
+@dataclass
+class VectorIndex:
+    """A loaded index: FAISS shards (none when loaded without them), chunk rows and their
+    embeddings, the BM25 index over the same rows, and the manifest."""
+
+    shards: list[Shard]
     chunks: pd.DataFrame
     vectors: np.ndarray
     manifest: dict
     lexical: bm25s.BM25
 
     @classmethod
-    def load(cls, storage: Storage, name: str) -> VectorIndex:
-        """The index saved under `<root>/indexes/<name>/`."""
+    def load(cls, storage: Storage, name: str, structures: bool = True) -> VectorIndex:
+        """The index saved under `<root>/indexes/<name>/`; without its FAISS `structures` (for
+        searches through shard deployments)."""
         if not storage.exists("indexes", name, "manifest.json"):
             raise FileNotFoundError(f"no index {name!r} at {storage.uri('indexes', name)}; "
                                     "build it with `python -m jobs.build_index`")
         parts = ("indexes", name)
         manifest = storage.read_json(*parts, "manifest.json")
-        raw = np.frombuffer(storage.read_bytes(*parts, "index.faiss"), dtype=np.uint8)
         chunks = pd.read_parquet(io.BytesIO(storage.read_bytes(*parts, "chunks.parquet")))
         if "bm25_files" in manifest:
             lexical = load_bm25({file: storage.read_bytes(*parts, "bm25", file)
@@ -320,18 +463,21 @@ class VectorIndex:
             print(f"index {name}: no BM25 files; indexing its chunk texts now (rebuild the "
                   "index to save them)")
             lexical = build_bm25(chunks["text"].tolist())
-        if storage.is_local:  # mapped, not read: only re-ranked rows are ever touched
-            vectors = np.load(storage.uri(*parts, "embeddings.npy"), mmap_mode="r")
-        else:
-            vectors = np.load(io.BytesIO(storage.read_bytes(*parts, "embeddings.npy")))
-        loaded = cls(index=faiss.deserialize_index(raw), chunks=chunks, vectors=vectors,
+        shards = [load_shard(storage, name, manifest, i)
+                  for i in range(len(shard_files(manifest)))] if structures else []
+        loaded = cls(shards=shards, chunks=chunks, vectors=load_vectors(storage, name),
                      manifest=manifest, lexical=lexical)
-        sizes = {len(loaded.chunks), len(loaded.vectors), loaded.index.ntotal,
-                 int(lexical.scores["num_docs"])}
+        sizes = {len(loaded.chunks), len(loaded.vectors), int(lexical.scores["num_docs"]),
+                 shard_files(manifest)[-1][2], *([loaded.ntotal] if structures else [])}
         if len(sizes) != 1:  # read while a build was replacing the files
             raise ValueError(f"index {name!r} files disagree (sizes {sorted(sizes)}); it is "
                              "being rebuilt: load it again once the build finishes")
         return loaded
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the FAISS shards."""
+        return sum(shard.index.ntotal for shard in self.shards)
 
     def save(self, storage: Storage, name: str) -> str:
         """Write the files, each whole (a replaced file keeps its content for readers that
@@ -343,31 +489,38 @@ class VectorIndex:
         buffer = io.BytesIO()
         np.save(buffer, self.vectors)
         storage.write_whole(buffer.getvalue(), *parts, "embeddings.npy")
-        storage.write_whole(faiss.serialize_index(self.index).tobytes(), *parts, "index.faiss")
+        self.manifest["shards"] = [[shard.start, shard.end] for shard in self.shards]
+        for (file, _, _), shard in zip(shard_files(self.manifest), self.shards, strict=True):
+            storage.write_whole(faiss.serialize_index(shard.index).tobytes(), *parts, file)
         files = bm25_files(self.lexical)
         for file, data in files.items():
             storage.write_whole(data, *parts, "bm25", file)
         self.manifest["bm25_files"] = sorted(files)
         return storage.write_json(self.manifest, *parts, "manifest.json")
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and chunk rows (-1: none) of the `k` nearest chunks of each query embedding,
-        among the `allowed` rows if given (up to `EXACT_FILTERED` of them scored exactly from
-        the embeddings, more through FAISS's ID selector). IVF-PQ: its `k x rerank_factor` best
-        by compressed codes, re-scored exactly."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        params = None
-        if allowed is not None:
-            rows = np.flatnonzero(allowed)
-            if len(rows) <= EXACT_FILTERED:
-                return exact_among(queries, rows, self.vectors, k)
-            params = selector_params(self.index, rows)
+    def shard_masks(self, allowed: np.ndarray | None) -> list[np.ndarray | None]:
+        """Each shard's part of an `allowed` mask over all rows (None: every row)."""
+        ranges = [(shard.start, shard.end) for shard in self.shards] or \
+            [(a, b) for _, a, b in shard_files(self.manifest)]
+        return [None if allowed is None else allowed[a:b] for a, b in ranges]
+
+    def search_shards(self, queries: np.ndarray, k: int, masks: list) -> list:
+        """Each shard of this process searched (a `ShardSearch`)."""
         factor = self.manifest["settings"].get("rerank_factor", 1)
-        if index_kind(self.index) != "ivfpq" or factor <= 1:
-            return self.index.search(queries, k, params=params)
-        candidates = self.index.search(queries, k * factor, params=params)[1]
-        return rerank(queries, candidates, self.vectors, k)
+        return [shard.search(queries, k, self.vectors, mask, factor)
+                for shard, mask in zip(self.shards, masks, strict=True)]
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               shards: ShardSearch | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and chunk rows (-1: none) of the `k` nearest chunks of each query embedding,
+        among the `allowed` rows if given: every shard's best (searched here, or by `shards`),
+        merged by score. Up to `EXACT_FILTERED` allowed rows are scored exactly from the
+        embeddings here, without the shards."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is not None and allowed.sum() <= EXACT_FILTERED:
+            return exact_among(queries, np.flatnonzero(allowed), self.vectors, k)
+        results = (shards or self.search_shards)(queries, k, self.shard_masks(allowed))
+        return merge_results(results, k)
 
     def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
         """The rows whose filter columns hold one of the given values (all filters at once);
@@ -383,17 +536,19 @@ class VectorIndex:
         return mask
 
     def retrieve(self, mode: Mode, texts: list[str], vectors: np.ndarray | None, k: int,
-                 allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 allowed: np.ndarray | None = None, shards: ShardSearch | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and chunk rows (-1: none) of the `k` best chunks per query, among the
-        `allowed` rows if given: by cosine (`dense`, from `vectors`), BM25 (`lexical`, from
-        `texts`) or both fused by reciprocal rank (`hybrid`, each side's top `FUSION_DEPTH`)."""
+        `allowed` rows if given: by cosine (`dense`, from `vectors`, the FAISS shards searched
+        here or by `shards`), BM25 (`lexical`, from `texts`) or both fused by reciprocal rank
+        (`hybrid`, each side's top `FUSION_DEPTH`)."""
         if mode == "lexical":
             return search_bm25(self.lexical, texts, k, allowed)
         assert vectors is not None, f"{mode} retrieval needs the query embeddings"
         if mode == "dense":
-            return self.search(vectors, k, allowed)
+            return self.search(vectors, k, allowed, shards)
         depth = max(k, FUSION_DEPTH)
-        return reciprocal_rank_fusion([self.search(vectors, depth, allowed)[1],
+        return reciprocal_rank_fusion([self.search(vectors, depth, allowed, shards)[1],
                                        search_bm25(self.lexical, texts, depth, allowed)[1]], k)
 
 
@@ -435,32 +590,32 @@ def update(storage: Storage, docs: pd.DataFrame, settings: IndexSettings
     seconds = time.perf_counter() - started
     if old is None:
         chunks, vectors = new_chunks, new_vectors
-        index = build_faiss(vectors, settings)
+        shards = build_shards(vectors, settings)
         rebuilt = True
     else:
         keep = old.chunks["doc_id"].isin(keep_docs).to_numpy()
         chunks = pd.concat([old.chunks[keep], new_chunks], ignore_index=True)
         vectors = np.concatenate([old.vectors[keep], new_vectors]) if len(new_vectors) \
             else old.vectors[keep]
-        kind_changes = expected_kind(len(vectors), settings) != index_kind(old.index)
-        rebuilt = not keep.all() or kind_changes
+        kind_changes = expected_kind(len(vectors), settings) != index_kind(old.shards[0].index)
+        rebuilt = not keep.all() or kind_changes or len(old.shards) != settings.shards
         if rebuilt:
-            index = build_faiss(vectors, settings)
-        else:
-            index = old.index
+            shards = build_shards(vectors, settings)
+        else:  # additions only: onto the last shard
+            shards = old.shards
             if len(new_vectors):
-                index.add(new_vectors)
+                shards[-1].index.add(new_vectors)
     stats = UpdateStats(new=int(sum(d not in known for d in todo["doc_id"])),
                         changed=int(sum(d in known for d in todo["doc_id"])),
                         unchanged=len(keep_docs), removed=len(removed),
                         chunks_embedded=len(new_chunks), embed_seconds=seconds, rebuilt=rebuilt)
     manifest = {"name": settings.name, "encoder": settings.encoder,
                 "encoder_version": encoder_version(settings.encoder),
-                "dim": int(vectors.shape[1]), "kind": index_kind(index),
+                "dim": int(vectors.shape[1]), "kind": index_kind(shards[0].index),
                 "settings": settings.model_dump(), "settings_key": settings_key(settings),
                 "documents": len(docs), "chunks": len(chunks), "built_at": time.time()}
     lexical = build_bm25(chunks["text"].tolist())
-    return VectorIndex(index=index, chunks=chunks, vectors=vectors, manifest=manifest,
+    return VectorIndex(shards=shards, chunks=chunks, vectors=vectors, manifest=manifest,
                        lexical=lexical), stats
 
 
@@ -480,9 +635,8 @@ def encoder_version(encoder: str) -> str:
     return encoder_path(encoder)
 
 
-def neighbour_recall(approx: faiss.Index, exact: faiss.Index, queries: np.ndarray, k: int = 10
-                     ) -> float:
-    """Share of the exact top-k that the approximate index also returns (recall@k vs exact)."""
-    _, a = approx.search(queries, k)
-    _, e = exact.search(queries, k)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, e, strict=True)]))
+def neighbour_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of each query's true top-k rows (`truth`, queries x k) that `found` also holds
+    (recall@k against exact search)."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(found, truth, strict=True)]))

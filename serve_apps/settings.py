@@ -68,6 +68,9 @@ class AppSettings(StrictModel):
     classifier_model: str = "article_topic"
     ranker_model: str = "engagement"
     index_name: str = Field(default="articles", pattern=r"^[A-Za-z0-9_-]+$")
+    index_shards: int = Field(default=1, ge=1, description="the index's shards (its "
+                              "index.shards): above 1, each is searched by an IndexShard "
+                              "deployment of its own; 1: the Retriever searches the index")
     retrieval_mode: Mode = Field(default="hybrid", description="how /v1/retrieve and /v1/rag "
                                  "search when a request does not say: dense, lexical or hybrid")
     feature_store: FeatureStoreSettings = FeatureStoreSettings()

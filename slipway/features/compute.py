@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
+from ray.data.expressions import col
 
 WINDOWS = (1, 7, 30)
 DAY_US = 86_400_000_000
@@ -151,14 +152,23 @@ def engagement_features(events: ray.data.Dataset, partitions: int
     """
     partials = events.map_batches(daily_partials, batch_format="pyarrow",
                                   batch_size=None).materialize()
-    last_day = partials.max("day")
+    # One small row per block (Dataset.max would start a hash-shuffle aggregation for it).
+    last_day = int(partials.map_batches(_max_day, batch_format="pyarrow", batch_size=None)
+                   .to_pandas()["day"].max())
     return {
-        kind: partials.filter(expr=f"kind == {KIND_CODES[kind]}")
+        kind: partials.filter(expr=col("kind") == KIND_CODES[kind])
         .repartition(partitions, keys=["entity_id"])
         .map_batches(windowed_features, fn_kwargs={"kind": kind, "last_day": last_day},
                      batch_format="pyarrow", batch_size=None)
         for kind in KINDS
     }
+
+
+def _max_day(partials: pa.Table) -> pa.Table:
+    """The last day of one block of partial sums (none for an empty block)."""
+    if partials.num_rows == 0:
+        return pa.table({"day": pa.array([], pa.int64())})
+    return pa.table({"day": [pc.max(partials["day"]).as_py()]})
 
 
 def article_text_features(articles: pa.Table) -> pa.Table:

@@ -6,7 +6,8 @@ frozen, a pool of Ray actors embeds the text once and only the head trains; with
 `train_encoder`, token ids go to the workers and the encoder trains too (data-parallel, at its own
 learning rate, with warmup and linear decay, stopped early on validation macro-F1). Unless
 `max_length` is set, texts keep the 95th percentile of the training texts' token counts. `model:
-lexical` fits TF-IDF + logistic regression on the same split instead, in one Ray task.
+lexical` fits TF-IDF + logistic regression on the same split instead, in one Ray task; `model:
+combined` fits it on TF-IDF and the frozen encoder's embeddings (from the same actor pool).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from slipway.data.tables import locate, read_table
 from slipway.errors import SlipwayError
 from slipway.labeling import label_sets
 from slipway.models.hf import load_tokenizer
-from slipway.models.lexical import LexicalTextClassifier
+from slipway.models.lexical import Encoder, LexicalTextClassifier
 from slipway.models.text import DEFAULT_ENCODER, Embedder, TextClassifier, encoder_path, tokenize
 from slipway.storage import Storage
 from slipway.train.loop import valid_metrics
 from slipway.train.trainer import Prepared, to_dataset
 
 LENGTH_BUCKETS = ((8, "short"), (30, "medium"), (np.inf, "long"))
+Candidate = Literal["lexical", "frozen_encoder", "tuned_encoder", "combined"]
 
 
 class TextData(StrictModel):
@@ -45,10 +47,11 @@ class TextData(StrictModel):
     label_column: str = "topic"
     encoder: str = Field(default=DEFAULT_ENCODER,
                          description="all-MiniLM-L6-v2 (packaged), a local directory or a hub id")
-    model: Literal["encoder", "lexical"] = Field(
+    model: Literal["encoder", "lexical", "combined"] = Field(
         default="encoder",
         description="encoder: the encoder (frozen or trained) and a head, by Ray Train; "
-                    "lexical: TF-IDF word 1-2-grams + logistic regression (no encoder)")
+                    "lexical: TF-IDF word 1-2-grams + logistic regression (no encoder); "
+                    "combined: that regression on TF-IDF and the frozen encoder's embeddings")
     lexical_c: float = Field(default=1.0, gt=0,
                              description="inverse L2 strength of the lexical model")
     train_encoder: bool = False
@@ -63,7 +66,7 @@ class TextData(StrictModel):
                                    "None: the 95th percentile of the training texts' counts")
     embed_actors: int = Field(default=2, ge=1, description="Ray actors embedding the text")
     max_examples: int | None = Field(default=None, ge=10)
-    candidates: list[Literal["lexical", "frozen_encoder", "tuned_encoder"]] | None = Field(
+    candidates: list[Candidate] | None = Field(
         default=None, min_length=2, description="train each on the same split (setting model "
         "and train_encoder), register each, and make the best on validation macro-F1 the "
         "challenger")
@@ -189,16 +192,22 @@ def token_length(encoder: str, texts: pd.Series, percentile: float = 95) -> int:
     return int(min(512, max(16, 8 * math.ceil(np.percentile(counts, percentile) / 8))))
 
 
+def with_max_length(data: TextData, train: pd.DataFrame) -> TextData:
+    """`data` with `max_length` chosen from the training texts unless set."""
+    if data.max_length is not None:
+        return data
+    data = data.model_copy(update={"max_length": token_length(data.encoder, train["text"])})
+    print(f"text: max_length {data.max_length} (95% of the training texts fit)")
+    return data
+
+
 def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: float
             ) -> Prepared:
     """Labelled text, split by class, as embeddings (frozen encoder) or token ids."""
     text = split_text(data, storage, seed, valid, test)
     names = text.names
     train, valid_df = text.splits["train"], text.splits["valid"]
-    data = text.data
-    if data.max_length is None:
-        data = data.model_copy(update={"max_length": token_length(data.encoder, train["text"])})
-        print(f"text: max_length {data.max_length} (95% of the training texts fit)")
+    data = with_max_length(text.data, train)
     # Embed (or tokenize) train and valid together: one actor pool, the encoder loaded once.
     inputs_all = _inputs(data, pd.concat([train["text"], valid_df["text"]], ignore_index=True))
     inputs = ["input_ids", "attention_mask"] if data.train_encoder else ["x"]
@@ -222,15 +231,26 @@ def prepare(data: TextData, storage: Storage, seed: int, valid: float, test: flo
 
 
 @ray.remote(num_cpus=1)
-def _fit_lexical(texts: list[str], labels: np.ndarray, classes: int, c: float
+def _fit_lexical(texts: list[str], labels: np.ndarray, classes: int, c: float,
+                 encoder: Encoder | None, embeddings: np.ndarray | None
                  ) -> LexicalTextClassifier:
-    return LexicalTextClassifier.fit(texts, labels, classes, c)
+    return LexicalTextClassifier.fit(texts, labels, classes, c, encoder, embeddings)
 
 
 def train_lexical(text: TextSplits) -> tuple[LexicalTextClassifier, dict[str, float]]:
-    """The lexical model fitted on the training split in a Ray task (one CPU of the cluster),
-    and its validation metrics."""
+    """The lexical (or combined) model fitted on the training split in a Ray task (one CPU of
+    the cluster), and its validation metrics. A combined model's training and validation
+    embeddings come from one pass of the embedding actor pool."""
     train, valid = text.splits["train"], text.splits["valid"]
-    model = ray.get(_fit_lexical.remote(train["text"].tolist(), train["label"].to_numpy(),
-                                        len(text.names), text.data.lexical_c))
-    return model, valid_metrics(valid["label"].to_numpy(), model.predict_proba(valid["text"]))
+    encoder = embeddings = None
+    if text.data.model == "combined":
+        data = with_max_length(text.data.model_copy(update={"train_encoder": False}), train)
+        encoder = Encoder(data.encoder, data.max_length)
+        embeddings = _inputs(data, pd.concat([train["text"], valid["text"]],
+                                             ignore_index=True))["x"]
+    model = ray.get(_fit_lexical.remote(
+        train["text"].tolist(), train["label"].to_numpy(), len(text.names), text.data.lexical_c,
+        encoder, None if embeddings is None else embeddings[:len(train)]))
+    proba = model.predict_proba(
+        valid["text"], None if embeddings is None else embeddings[len(train):])
+    return model, valid_metrics(valid["label"].to_numpy(), proba)

@@ -36,7 +36,10 @@ def test_the_pipeline_builds_the_platform_then_reruns_only_what_changed(platform
     assert registry.get("articles_lora").metadata["base"] == "registry:base_lm@1"
     index = VectorIndex.load(Storage(root), "articles")
     articles = len(pd.read_parquet(f"{root}/curated/articles"))
-    assert index.manifest["documents"] == articles and len(index.chunks) == index.index.ntotal
+    assert index.manifest["documents"] == articles and len(index.chunks) == index.ntotal
+    # Two shards (built by Ray Data): contiguous halves of the rows.
+    (a, b), (c, d) = index.manifest["shards"]
+    assert (a, b == c, d) == (0, True, len(index.chunks)) and abs((b - a) - (d - c)) <= 1
     promote = Storage(root).read_json("pipeline", "promote.json")  # what the skip compares
     assert promote["config_hash"] and all(promote["inputs"].values()), promote
 

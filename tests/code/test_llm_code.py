@@ -12,12 +12,15 @@ from llm.evaluate import exact_match, faithfulness, rouge_l, token_f1
 from llm.finetune import OptimSettings, load_deepspeed_json
 from llm.index import (
     IndexSettings,
+    Shard,
     VectorIndex,
     build_faiss,
     chunk_sentences,
     chunk_words,
     document_hash,
     index_kind,
+    merge_results,
+    shard_ranges,
 )
 from llm.instructions import questions, rag_prompt
 from llm.lexical_index import build_bm25, reciprocal_rank_fusion, search_bm25
@@ -105,13 +108,13 @@ def test_ivfpq_search_reranks_its_candidates_to_the_exact_neighbours():
     settings = IndexSettings(hnsw_threshold=1000, approximate="ivfpq", ivf_lists=16, pq_m=8,
                              ivf_nprobe=4, rerank_factor=10)
     texts = [f"chunk {i}" for i in range(4000)]
-    index = VectorIndex(index=build_faiss(vectors, settings), vectors=vectors,
+    index = VectorIndex(shards=[Shard(build_faiss(vectors, settings), 0)], vectors=vectors,
                         chunks=pd.DataFrame({"doc_id": texts, "text": texts}),
                         manifest={"settings": settings.model_dump()}, lexical=build_bm25(texts))
-    assert index_kind(index.index) == "ivfpq"
+    assert index_kind(index.shards[0].index) == "ivfpq"
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]  # brute force in numpy
     scores, rows = index.search(queries, 10)
-    codes_only = index.index.search(queries, 10)[1]
+    codes_only = index.shards[0].index.search(queries, 10)[1]
 
     def recall(found):
         return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
@@ -135,7 +138,7 @@ def test_filtered_search_returns_the_best_among_the_allowed_rows_only(exact_filt
     texts = [f"chunk about {w}" for w in rng.choice(["cats", "dogs", "birds"], 300)]
     section = np.where(np.arange(300) % 3 == 0, "a", "b")
     settings = IndexSettings(filter_columns=["section"])
-    index = VectorIndex(index=build_faiss(vectors, settings), vectors=vectors,
+    index = VectorIndex(shards=[Shard(build_faiss(vectors, settings), 0)], vectors=vectors,
                         chunks=pd.DataFrame({"doc_id": [str(i) for i in range(300)],
                                              "text": texts, "section": section}),
                         manifest={"name": "t", "settings": settings.model_dump()},
@@ -157,6 +160,39 @@ def test_filtered_search_returns_the_best_among_the_allowed_rows_only(exact_filt
     with pytest.raises(ValueError, match=r"filters \['year'\]: index 't' filters on "
                                          r"\['section'\]"):
         index.allowed({"year": ["2024"]})
+
+
+@pytest.mark.parametrize("exact_filtered", [20_000, 0])  # scored directly; FAISS's ID selector
+def test_shards_merged_by_score_answer_as_one_index_does(exact_filtered, monkeypatch):
+    import llm.index
+
+    monkeypatch.setattr(llm.index, "EXACT_FILTERED", exact_filtered)
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    settings = IndexSettings(shards=3)
+    ranges = shard_ranges(500, 3)
+    assert ranges == [(0, 167), (167, 333), (333, 500)]
+    texts = [f"chunk {i}" for i in range(500)]
+    index = VectorIndex(shards=[Shard(build_faiss(vectors[a:b], settings), a) for a, b in ranges],
+                        vectors=vectors, chunks=pd.DataFrame({"doc_id": texts, "text": texts}),
+                        manifest={"settings": settings.model_dump()}, lexical=build_bm25(texts))
+    queries = rng.standard_normal((6, 16)).astype(np.float32)
+    brute = queries @ vectors.T  # numpy over all 500 rows at once
+    scores, rows = index.search(queries, 10)
+    assert (rows == np.argsort(-brute, axis=1)[:, :10]).all()
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :10], rtol=1e-5)
+    # Filtered, the mask cut at the shards' bounds: still the best allowed rows of all shards
+    # (above EXACT_FILTERED, through each shard's ID selector).
+    allowed = np.arange(500) % 4 == 1
+    _, rows = index.search(queries, 10, allowed)
+    brute[:, ~allowed] = -np.inf
+    assert (rows == np.argsort(-brute, axis=1)[:, :10]).all()
+    # Fewer rows than k in all: padded with -1 and score 0.
+    merged = merge_results([(np.array([[0.5]]), np.array([[7]])),
+                            (np.array([[0.9, 0.0]]), np.array([[3, -1]]))], 4)
+    assert merged[1].tolist() == [[3, 7, -1, -1]]
+    assert merged[0].tolist() == [pytest.approx([0.9, 0.5, 0, 0])]
 
 
 def test_ranking_metrics_match_scikit_learns_ndcg_and_hand_counts():

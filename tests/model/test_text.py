@@ -69,7 +69,7 @@ def tickets(tmp_path_factory):
         f"text.path={folder / 'tickets.csv'}", "text.text_columns=[ticket]",
         "text.label_column=queue", "text.embed_actors=1", "trainer.num_workers=1",
         "model.epochs=4", "model.batch_size=16", "model.lr=0.01",  # 24 steps on 84 rows
-        "text.candidates=[frozen_encoder, lexical]"])  # v1 and v2, the better one challenger
+        "text.candidates=[frozen_encoder, lexical, combined]"])  # v1-v3, the best challenger
     return root, folder, train_job(cfg)
 
 
@@ -125,10 +125,10 @@ def test_evaluation_reports_behavioural_checks_the_lexical_baseline_and_the_cand
     assert report["baseline"]["macro_f1"] == pytest.approx(expected)
     assert ev.baseline["accuracy"] == pytest.approx(
         np.mean(reference.predict(test["text"]) == test["label"]))
-    # Both candidates on the same held-out rows: the winner's figures are the report's own, and
+    # The candidates on the same held-out rows: the winner's figures are the report's own, and
     # the lexical candidate's equal the baseline's (the same model, fitted in jobs.evaluate).
     compared = report["candidates"]["candidates"]
-    assert {c["version"] for c in compared.values()} == {1, 2}
+    assert {c["version"] for c in compared.values()} == {1, 2, 3}
     winner = next(c for c in compared.values() if c["version"] == ev.version.version)
     assert winner["test"]["macro_f1"] == pytest.approx(report["metrics"]["macro_f1"])
     assert compared["lexical"]["test"]["macro_f1"] == pytest.approx(expected)
@@ -143,8 +143,9 @@ def test_the_lexical_candidate_registers_and_reloads_as_scikit_learn_fits_it(tic
         "lexical", "text", ["account", "billing", "bug"])
     assert frozen.metadata["architecture"]["params"]["train_encoder"] is False
     assert meta["examples"] == frozen.metadata["examples"]  # the same split
-    # The better on validation is the challenger (the first on a tie).
-    best = max((frozen, lexical), key=lambda v: v.metrics["valid_macro_f1"])
+    # The best on validation is the challenger (the first on a tie).
+    best = max((frozen, lexical, registry.get("tickets", 3)),
+               key=lambda v: v.metrics["valid_macro_f1"])
     assert registry.aliases("tickets")["challenger"] == best.version
     # Reloaded from its folder (no pickle): the probabilities scikit-learn's own pipeline gives,
     # fitted here on the same training rows; its validation macro-F1 as scikit-learn scores it.
@@ -163,6 +164,59 @@ def test_the_lexical_candidate_registers_and_reloads_as_scikit_learn_fits_it(tic
         f"storage.root={root}", "tracking.mode=disabled", "model_name=tickets", "ref=2",
         "against=null"]))
     assert ev.metrics["macro_f1"] == pytest.approx(ev.baseline["macro_f1"])
+
+
+def reference_embeddings(texts: list[str], max_length: int) -> np.ndarray:
+    """MiniLM sentence embeddings computed here with transformers: token states mean-pooled
+    over the attention mask, L2-normalised."""
+    from transformers import AutoModel
+
+    path = encoder_path(DEFAULT_ENCODER)
+    tokens = load_tokenizer(path)(texts, padding=True, truncation=True, max_length=max_length,
+                                  return_tensors="pt")
+    with torch.no_grad():
+        states = AutoModel.from_pretrained(path)(**tokens)[0]
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    pooled = (states * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+def test_the_combined_candidate_is_the_regression_on_tfidf_and_embeddings(tickets):
+    root, _, _ = tickets
+    registry = Registry(Storage(root))
+    combined = registry.get("tickets", 3)
+    meta = combined.metadata
+    assert (meta["runtime"], meta["examples"]) == ("lexical", registry.get("tickets", 1)
+                                                   .metadata["examples"])
+    splits = meta["splits_uri"]
+    train, valid, test = (pd.read_parquet(f"{splits}/{s}.parquet")
+                          for s in ("train", "valid", "test"))
+    # max_length: the 95th percentile of the training texts' token counts, rounded up to 8.
+    tokenizer = load_tokenizer(encoder_path(DEFAULT_ENCODER))
+    counts = [len(tokenizer(t)["input_ids"]) for t in train["text"]]
+    max_length = max(16, 8 * int(np.ceil(np.percentile(counts, 95) / 8)))
+    model, _ = registry.load("tickets", 3)
+    assert (model.encoder.name, model.encoder.max_length) == (DEFAULT_ENCODER, max_length)
+    # Reloaded, it gives what scikit-learn's regression gives on the TF-IDF columns beside
+    # embeddings computed here, fitted on the same training rows (it embeds test texts itself).
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    embedded = {name: reference_embeddings(split["text"].tolist(), max_length)
+                for name, split in (("train", train), ("valid", valid), ("test", test))}
+    reference = LogisticRegression(max_iter=2000).fit(
+        np.hstack([vectorizer.fit_transform(train["text"]).toarray(), embedded["train"]]),
+        train["label"])
+
+    def columns(split, name):
+        return np.hstack([vectorizer.transform(split["text"]).toarray(), embedded[name]])
+
+    np.testing.assert_allclose(model.predict_proba(test["text"]),
+                               reference.predict_proba(columns(test, "test")), atol=1e-6)
+    assert meta["metrics"]["valid_macro_f1"] == pytest.approx(
+        f1_score(valid["label"], reference.predict(columns(valid, "valid")), average="macro"))
+    # The embedding columns carry weight: without them the scores move.
+    dims = embedded["train"].shape[1]
+    assert model.coef.shape[1] == len(vectorizer.vocabulary_) + dims
+    assert np.abs(model.coef[:, -dims:]).sum() > 0.1 * np.abs(model.coef).sum()
 
 
 def test_the_encoder_fine_tunes_data_parallel_and_registers_its_best_epoch(tmp_path):

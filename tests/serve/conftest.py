@@ -34,6 +34,7 @@ def serve_config(platform_root, tmp_path_factory, redis_url) -> dict:
     args["generator"]["engine_kwargs"]["kv_cache_memory_bytes"] = 256 << 20
     args["stream"] = {"url": f"redis://{redis_url}", "name": "serve:events"}
     args["follow_interval_s"] = 1.0  # promotions reach the app within a second or so
+    args["index_shards"] = 2  # the platform's index: two shards, two IndexShard deployments
     for deployment in config["applications"][0]["deployments"]:  # one replica each: the
         deployment.pop("autoscaling_config", None)  # tests follow a replica by its id
         deployment["num_replicas"] = 1

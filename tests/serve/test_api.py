@@ -4,6 +4,7 @@ auth and rate limits, and bad input of many kinds answered with a 4xx naming the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import importlib
 import json
@@ -11,8 +12,10 @@ import pkgutil
 import re
 import time
 
+import faiss
 import httpx
 import hypothesis
+import numpy as np
 import pandas as pd
 import pytest
 import schemathesis
@@ -21,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from llm.base import load_tuned, resolve
-from llm.index import VectorIndex, embed_queries
+from llm.index import Shard, VectorIndex, embed_queries
 from serve_apps.client import tour
 from slipway.models.hf import load_tokenizer
 from slipway.registry import Registry
@@ -143,10 +146,16 @@ def test_streaming_completions_and_rag_send_what_the_plain_answer_says(api):
         assert citation["support"] == pytest.approx(expected)
 
 
-def test_each_retrieval_mode_answers_as_the_index_does(api, platform_root):
+def test_each_retrieval_mode_answers_as_one_unsharded_index_does(api, platform_root):
     # Cosine (dense), BM25 (lexical) and their reciprocal rank fusion (hybrid, the default),
-    # computed here from the saved index.
-    index = VectorIndex.load(Storage(platform_root), "articles")
+    # computed here from the saved chunks and embeddings with one exact FAISS index over all
+    # rows; the app searched the index's two shards through its IndexShard deployments.
+    saved = VectorIndex.load(Storage(platform_root), "articles")
+    assert len(saved.shards) == 2
+    assert api.get("/readyz").json()["retriever"]["shards"] == 2
+    flat = faiss.IndexFlatIP(saved.vectors.shape[1])
+    flat.add(np.asarray(saved.vectors))
+    index = dataclasses.replace(saved, shards=[Shard(flat, 0)])
     vectors = embed_queries([QUESTION], "all-MiniLM-L6-v2", 128)
     default = api.post("/v1/retrieve", json={"query": QUESTION, "k": 3}).json()
     for mode in ("dense", "lexical", "hybrid"):

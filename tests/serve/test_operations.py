@@ -15,7 +15,7 @@ import torch
 
 from jobs.optimize import OptimizeConfig
 from jobs.optimize import main as optimize_job
-from llm.index import IndexSettings, VectorIndex, build_faiss
+from llm.index import IndexSettings, VectorIndex, build_shards
 from llm.lexical_index import build_bm25
 from slipway.config import load_config
 from slipway.registry import Registry
@@ -156,15 +156,17 @@ def test_promotions_and_rollbacks_reach_the_running_app_without_a_failed_request
 
 
 def test_a_rebuilt_index_is_served_without_a_failed_request(api, platform_root):
-    """An index build replacing the files (here: the same index less its last 5 chunks) is
-    served within the follow interval; then the original again."""
+    """An index build replacing the files of both shards (here: the same index less its last
+    5 chunks) is served within the follow interval; then the original again."""
     storage = Storage(platform_root)
     original = VectorIndex.load(storage, "articles")
     n = len(original.chunks)
     kept = original.chunks.iloc[:n - 5]
-    smaller = VectorIndex(index=build_faiss(original.vectors[:n - 5], IndexSettings()),
-                          chunks=kept, vectors=original.vectors[:n - 5],
-                          manifest=original.manifest, lexical=build_bm25(kept["text"].tolist()))
+    # Built here, not by Ray Data: the app's replicas hold the session's CPUs.
+    shards = build_shards(original.vectors[:n - 5], IndexSettings(shards=2), in_process=True)
+    smaller = VectorIndex(shards=shards, chunks=kept, vectors=original.vectors[:n - 5],
+                          manifest=dict(original.manifest),
+                          lexical=build_bm25(kept["text"].tolist()))
     for index, chunks in ((smaller, n - 5), (original, n)):
         index.save(storage, "articles")
         deadline = time.monotonic() + 120
