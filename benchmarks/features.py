@@ -139,7 +139,7 @@ def _lookups(root: str, feature_store: dict, thin: bool, lookups: int, seed: int
     rng = np.random.default_rng(seed)
     rows = [{"user_id": int(rng.integers(1, 2000)), "article_id": int(rng.integers(1, 600))}
             for _ in range(lookups + 1)]
-    read(rows[0])
+    read(rows[:1])
     _barrier.wait()
     times = []
     for row in rows[1:]:
