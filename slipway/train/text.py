@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import ray
-from pydantic import Field
+from pydantic import Field, model_validator
 from sklearn.model_selection import train_test_split
 
 from slipway.config import StrictModel
@@ -74,6 +74,15 @@ class TextData(StrictModel):
         default=None, pattern=r"^[A-Za-z0-9_-]+(@[0-9]+)?$",
         description="train on a labeling project's label set: `project` (its latest version) or "
                     "`project@N`; sets path, text_columns and label_column")
+
+
+    @model_validator(mode="after")
+    def _encoder_to_train(self) -> TextData:
+        if self.train_encoder and self.model != "encoder":
+            raise ValueError(f"train_encoder: true fine-tunes the encoder of model: encoder; "
+                             f"model: {self.model} trains no encoder: drop train_encoder or set "
+                             "model: encoder")
+        return self
 
 
 def resolve(data: TextData, storage: Storage) -> TextData:

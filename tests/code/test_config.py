@@ -61,6 +61,17 @@ def test_wrong_type_names_key_and_value(tmp_path):
     assert "ray.num_cpus" in str(err.value) and "'many'" in str(err.value)
 
 
+def test_a_text_model_without_an_encoder_refuses_to_train_one():
+    from jobs.train import TrainConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, "configs/train_text.yaml",
+                    ["text.model=combined", "text.train_encoder=true"])
+    assert "text" in str(err.value) and "model: combined trains no encoder" in str(err.value)
+    assert load_config(TrainConfig, "configs/train_text.yaml",
+                       ["text.model=combined"]).text.model == "combined"
+
+
 def test_override_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         load_config(JobConfig, None, ["storage.root"])
