@@ -22,14 +22,18 @@ def env_info(packages: tuple[str, ...]) -> dict:
 
 
 def start_ray() -> None:
-    """A quiet local Ray on every core for one benchmark run: no auth, no W&B, no hub."""
+    """A quiet local Ray on every core for one benchmark run, set up as jobs start theirs
+    (slipway.runtime): no auth, no W&B, no hub."""
     for name, value in (("RAY_AUTH_MODE", "disabled"), ("SLIPWAY_PROGRESS", "0"),
                         ("HF_HUB_OFFLINE", "1"), ("WANDB_MODE", "disabled")):
         os.environ.setdefault(name, value)
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    from slipway.runtime import configure_data, system_config
+
+    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False,
+             _system_config=system_config(os.cpu_count()))
+    configure_data()
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -42,8 +42,8 @@ class FeaturesConfig(JobConfig):
     """Feature job settings."""
 
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
-    partitions: int | None = Field(default=None, ge=1,
-                                   description="reduce tasks per entity kind; default 2 x CPUs")
+    partitions: int | None = Field(
+        default=None, ge=1, description="blocks of partials after the shuffle; default 2 x CPUs")
     materialize: bool = True
 
 

@@ -38,6 +38,38 @@ def job_metadata() -> dict[str, str]:
     return {"slipway_job": module, "slipway_args": " ".join(sys.argv[1:])[:1000]}
 
 
+def system_config(num_cpus: int | None) -> dict:
+    """Raylet settings for a Ray this process starts: up to two idle workers kept per CPU.
+
+    Ray keeps one per CPU by default. A Ray Data job's stages (read, shuffle map, shuffle
+    reduce, write) each lease workers while the previous stage's are still returning, so with
+    the default every stage waited about 1.5 s for new worker processes while idle ones were
+    killed (benchmarks/features.py). Clusters set the same through `RAY_num_workers_soft_limit`
+    (cluster/).
+    """
+    return {"num_workers_soft_limit": 2 * (num_cpus or os.cpu_count() or 1)}
+
+
+def configure_data() -> None:
+    """Ray Data settings of every job in this process (after Ray is up).
+
+    - Reads make at least two blocks per CPU of the cluster, more where the data is larger
+      than that many 128 MiB blocks: Ray's floor of 200 made a 10M-event read 200 tasks on
+      two CPUs, each with its own overhead.
+    - Parquet is read by the V1 reader, one task per file or row group: Ray 2.60's V2 reader
+      packs files into 128 MiB read units whatever `override_num_blocks` says, which left
+      seven of a 10M-event read's eight files to one task.
+    - Shuffle shards are not compressed: through one machine's object store, zstd cost more
+      CPU than it saved (half of the feature job's shuffle time).
+    """
+    context = DataContext.get_current()
+    context.enable_progress_bars = os.environ.get("SLIPWAY_PROGRESS", "1") == "1"
+    context.enable_arrow_backed_pandas_conversion = False
+    context.read_op_min_num_blocks = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    context.use_datasource_v2 = False
+    context.shuffle_compression = "none"
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray once per process, in the `slipway` namespace, with the project's env."""
     if not ray.is_initialized():
@@ -50,8 +82,6 @@ def init_ray(cfg: RayConfig) -> None:
             "job_config": ray.job_config.JobConfig(metadata=job_metadata()),
         }
         if address is None:
-            kwargs["num_cpus"] = cfg.num_cpus
+            kwargs.update(num_cpus=cfg.num_cpus, _system_config=system_config(cfg.num_cpus))
         ray.init(address=address, **kwargs)
-    context = DataContext.get_current()
-    context.enable_progress_bars = os.environ.get("SLIPWAY_PROGRESS", "1") == "1"
-    context.enable_arrow_backed_pandas_conversion = False
+    configure_data()

@@ -25,8 +25,9 @@ class LocalCluster:
         self.num_cpus, self.object_store_memory = num_cpus, object_store_memory
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        # The raylet settings of cluster/'s nodes (slipway.runtime.system_config).
         self.env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
-                        SLIPWAY_PROGRESS="0", **env)
+                        SLIPWAY_PROGRESS="0", RAY_num_workers_soft_limit=str(2 * num_cpus), **env)
         self.nodes: list[subprocess.Popen] = []
 
     @property

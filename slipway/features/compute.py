@@ -11,9 +11,9 @@ old: no training row finds only future feature rows (Feast's file store drops su
 of returning nulls), and a cold-start entity is represented as it is served, with zero counts.
 
 The path is lean on purpose: each block of events is reduced to (entity, day) partial sums with
-Arrow's group-by (no per-row Python), the small partials are repartitioned by entity (Ray Data's
-keyed hash shuffle, so each block holds whole entities), and windows are cumulative sums over a
-dense entity x day grid in NumPy, one block at a time.
+Arrow's group-by (no per-row Python), the partials are repartitioned by entity id (Ray Data's
+keyed hash shuffle, one for both kinds, so each block holds whole entities), and windows are
+cumulative sums over a dense entity x day grid in NumPy, one block at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
-from ray.data.expressions import col
 
 WINDOWS = (1, 7, 30)
 DAY_US = 86_400_000_000
@@ -137,7 +136,7 @@ def window_schema(kind: str) -> pa.Schema:
 
 
 def default_partitions() -> int:
-    """Blocks per entity kind after the shuffle: twice the cluster's CPUs."""
+    """Blocks of partial sums after the shuffle: twice the cluster's CPUs."""
     return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
@@ -145,21 +144,21 @@ def engagement_features(events: ray.data.Dataset, partitions: int
                         ) -> dict[str, ray.data.Dataset]:
     """Ray Data pipeline from events to `{"user": ds, "article": ds}` of daily window features.
 
-    Map: each block of events becomes (entity, day) partial sums. Shuffle: per kind, the
-    partials (far smaller than the events) are hash-partitioned by entity into `partitions`
-    blocks. Windows: each block's entities get their daily snapshots up to the last event day
-    of all the data.
+    Map: each block of events becomes (kind, entity, day) partial sums. Shuffle: the partials
+    (about half as many rows as events) are hash-partitioned by entity id into `partitions`
+    blocks, users and articles in one shuffle, materialized once for both kinds. Windows: each
+    block's entities of one kind get their daily snapshots up to the last event day of all the
+    data.
     """
-    partials = events.map_batches(daily_partials, batch_format="pyarrow",
-                                  batch_size=None).materialize()
+    by_entity = (events.map_batches(daily_partials, batch_format="pyarrow", batch_size=None)
+                 .repartition(partitions, keys=["entity_id"]).materialize())
     # One small row per block (Dataset.max would start a hash-shuffle aggregation for it).
-    last_day = int(partials.map_batches(_max_day, batch_format="pyarrow", batch_size=None)
+    last_day = int(by_entity.map_batches(_max_day, batch_format="pyarrow", batch_size=None)
                    .to_pandas()["day"].max())
     return {
-        kind: partials.filter(expr=col("kind") == KIND_CODES[kind])
-        .repartition(partitions, keys=["entity_id"])
-        .map_batches(windowed_features, fn_kwargs={"kind": kind, "last_day": last_day},
-                     batch_format="pyarrow", batch_size=None)
+        kind: by_entity.map_batches(windowed_features,
+                                    fn_kwargs={"kind": kind, "last_day": last_day},
+                                    batch_format="pyarrow", batch_size=None)
         for kind in KINDS
     }
 
