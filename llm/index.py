@@ -481,7 +481,8 @@ class VectorIndex:
 
     def save(self, storage: Storage, name: str) -> str:
         """Write the files, each whole (a replaced file keeps its content for readers that
-        mapped it); the manifest last, so a reader never sees a partial index."""
+        mapped it); the manifest last, so a reader never sees a partial index; then remove
+        the shard files of an earlier build with other shards."""
         parts = ("indexes", name)
         buffer = io.BytesIO()
         self.chunks.to_parquet(buffer, index=False)
@@ -496,7 +497,13 @@ class VectorIndex:
         for file, data in files.items():
             storage.write_whole(data, *parts, "bm25", file)
         self.manifest["bm25_files"] = sorted(files)
-        return storage.write_json(self.manifest, *parts, "manifest.json")
+        uri = storage.write_json(self.manifest, *parts, "manifest.json")
+        current = {file for file, _, _ in shard_files(self.manifest)}
+        for path in storage.list_files(*parts):  # an earlier build's other shard files
+            file = path.rsplit("/", 1)[-1]
+            if "/bm25/" not in path and file.endswith(".faiss") and file not in current:
+                storage.remove(*parts, file)
+        return uri
 
     def shard_masks(self, allowed: np.ndarray | None) -> list[np.ndarray | None]:
         """Each shard's part of an `allowed` mask over all rows (None: every row)."""

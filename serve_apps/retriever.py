@@ -82,12 +82,12 @@ class Retriever:
                  shards: list[DeploymentHandle] | None = None) -> None:
         self.storage, self.name = Storage(storage_root), index_name
         self.shards = shards or []
-        self.loaded: tuple[VectorIndex, Embedder, str] = self._load(None)
+        self.loaded: tuple[VectorIndex, Embedder, str, str] = self._load(None)
         follow(self._refresh, follow_interval_s, f"index {index_name}")
 
-    def _load(self, embedder: Embedder | None) -> tuple[VectorIndex, Embedder, str]:
-        """The index, its encoder (`embedder` when the index still uses it) and the manifest's
-        version."""
+    def _load(self, embedder: Embedder | None) -> tuple[VectorIndex, Embedder, str, str]:
+        """The index, its encoder (`embedder` when the index still uses it), the manifest's
+        version and the build's stamp (what the shard deployments check)."""
         stamp = self.storage.version("indexes", self.name, "manifest.json")
         index = VectorIndex.load(self.storage, self.name, structures=not self.shards)
         count = len(shard_files(index.manifest))
@@ -98,19 +98,18 @@ class Retriever:
         if embedder is None or (embedder.name, embedder.model.max_length) != (
                 settings["encoder"], settings["max_length"]):
             embedder = Embedder(settings["encoder"], settings["max_length"])
-        return index, embedder, stamp
+        return index, embedder, stamp, build_stamp(index.manifest)
 
     def _refresh(self) -> None:
         """Load the index again if a build replaced it."""
         if self.storage.version("indexes", self.name, "manifest.json") != self.loaded[2]:
             self.loaded = self._load(self.loaded[1])
 
-    def _fan_out(self, index: VectorIndex):
-        """A `ShardSearch` through the shard deployments (all asked at once), or None when
-        this replica holds the structures itself."""
+    def _fan_out(self, build: str):
+        """A `ShardSearch` through the shard deployments (all asked at once) for the index
+        build `build`, or None when this replica holds the structures itself."""
         if not self.shards:
             return None
-        build = build_stamp(index.manifest)
 
         def search(queries: np.ndarray, k: int, masks: list) -> list:
             calls = [shard.search.remote(build, queries, k, mask)
@@ -128,12 +127,13 @@ class Retriever:
 
         def run() -> list[list[dict]]:
             try:
-                return search(*self.loaded[:2])
+                return search(*self.loaded)
             except IndexMoved:  # a shard holds the current build: take it and search again
                 self.loaded = self._load(self.loaded[1])
-                return search(*self.loaded[:2])
+                return search(*self.loaded)
 
-        def search(index: VectorIndex, embedder: Embedder) -> list[list[dict]]:
+        def search(index: VectorIndex, embedder: Embedder, _: str, build: str
+                   ) -> list[list[dict]]:
             embedded = [i for i, (_, _, mode, _) in enumerate(queries) if mode != "lexical"]
             row_of = {i: j for j, i in enumerate(embedded)}
             if embedded:
@@ -146,7 +146,7 @@ class Retriever:
                     mode, [queries[i][0] for i in picked],
                     None if mode == "lexical" else vectors[[row_of[i] for i in picked]],
                     max(queries[i][1] for i in picked),
-                    index.allowed(dict(filters)) if filters else None, self._fan_out(index))
+                    index.allowed(dict(filters)) if filters else None, self._fan_out(build))
                 for j, i in enumerate(picked):
                     k = queries[i][1]
                     found[i] = [{"chunk_id": int(r), "doc_id": str(chunks["doc_id"].iat[r]),
@@ -174,7 +174,7 @@ class Retriever:
     async def embed(self, texts: list[str]) -> dict:
         """Sentence embeddings of `texts` (L2-normalised), the encoder's name and the number
         of tokens it read."""
-        _, embedder, _ = self.loaded
+        embedder = self.loaded[1]
 
         def run() -> tuple[np.ndarray, int]:  # tokenizing and the model, off the event loop
             tokens = embedder.model.tokenizer(texts, truncation=True,

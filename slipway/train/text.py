@@ -253,7 +253,7 @@ def train_lexical(text: TextSplits) -> tuple[LexicalTextClassifier, dict[str, fl
     train, valid = text.splits["train"], text.splits["valid"]
     encoder = embeddings = None
     if text.data.model == "combined":
-        data = with_max_length(text.data.model_copy(update={"train_encoder": False}), train)
+        data = with_max_length(text.data, train)
         encoder = Encoder(data.encoder, data.max_length)
         embeddings = _inputs(data, pd.concat([train["text"], valid["text"]],
                                              ignore_index=True))["x"]

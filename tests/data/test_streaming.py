@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -94,8 +95,23 @@ def setup(root: str, redis_url: str, name: str, **consumer: object):
     return store, cfg, open_stream(cfg.stream), settings.model_dump()
 
 
+@pytest.fixture
+def started() -> Iterator[Callable[..., list]]:
+    """`start_consumers` for one test: what it started is stopped after the test, passed or
+    failed, so their CPUs go back to the tests after it."""
+    groups: list[list] = []
+
+    def start(*args, **kwargs) -> list:
+        groups.append(start_consumers(*args, **kwargs))
+        return groups[-1]
+
+    yield start
+    for consumers in groups:
+        stop_consumers(consumers)
+
+
 def test_streamed_events_become_online_and_point_in_time_features_equal_to_a_brute_force_count(
-        root, redis_url):
+        root, redis_url, started):
     store, cfg, stream, feature_store = setup(root, redis_url, "test:events")
     rng = random.Random(0)
     base = int(time.time() * 1000) - 3 * HOUR_MS
@@ -113,7 +129,7 @@ def test_streamed_events_become_online_and_point_in_time_features_equal_to_a_bru
                  {"event_id": "e1", "type": "view", "ts_ms": str(base)},
                  {"event_id": "e2", "type": "click", "user_id": "abc", "ts_ms": str(base)}]
 
-    consumers = start_consumers(cfg, root, feature_store)
+    consumers = started(cfg, root, feature_store)
     stream.publish(first)
     for fields in malformed:
         stream.client.xadd(cfg.stream.name, fields)
@@ -164,10 +180,9 @@ def test_streamed_events_become_online_and_point_in_time_features_equal_to_a_bru
             continue
         expected = (expected_first if when == "between" else expected_all).loc[user]
         pd.testing.assert_series_equal(values, expected[names], check_names=False)
-    stop_consumers(consumers)
 
 
-def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_url):
+def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_url, started):
     store, cfg, stream, feature_store = setup(root, redis_url, "test:kill", consumers=2,
                                               batch_size=50, claim_idle_ms=1000)
     rng = random.Random(1)
@@ -185,7 +200,7 @@ def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_
     taken = [decode(fields) for _, fields in ghost[0][1]]
     WindowState(stream.client, f"{cfg.stream.name}:windows").record(taken[:50])
 
-    consumers = start_consumers(cfg, root, feature_store, prefix="kill")
+    consumers = started(cfg, root, feature_store, prefix="kill")
     stream.publish(events[500:1500] + retried[:100])
     # Kill a live consumer while the group still has entries in flight; Ray restarts it under
     # its name, and it finishes what it was given first.
@@ -199,7 +214,6 @@ def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_
     assert stream.client.xpending(cfg.stream.name, cfg.stream.group)["pending"] == 0
     assert done["lag"] == 0
 
-    stop_consumers(consumers)  # their CPUs back to the tests after this one
     everything = frame(events)
     for kind, ids in (("user", range(100, 140)), ("article", range(200, 215))):
         rows = [{"user_id": i, "article_id": 200} if kind == "user" else

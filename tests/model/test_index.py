@@ -119,6 +119,19 @@ def test_rebuilding_embeds_only_new_and_changed_documents(tmp_path, articles):
     assert grown.shards[0].end == index.shards[0].end
     assert grown.shards[1].end == grown.ntotal
 
+    # Back to one shard: rebuilt, and the two-shard build's files are gone.
+    def faiss_files() -> list[str]:
+        return sorted(p.rsplit("/", 1)[-1] for p in storage.list_files("indexes", "articles")
+                      if p.endswith(".faiss"))
+
+    grown.save(storage, "articles")
+    assert faiss_files() == ["index-0.faiss", "index-1.faiss"]
+    one, stats = update(storage, more, settings.model_copy(update={"shards": 1}))
+    assert stats.rebuilt and len(one.shards) == 1
+    one.save(storage, "articles")
+    assert faiss_files() == ["index.faiss"]
+    assert VectorIndex.load(storage, "articles").ntotal == grown.ntotal
+
 
 def test_hnsw_from_the_threshold_and_its_recall_against_exact(tmp_path, articles):
     root = str(tmp_path / "root")

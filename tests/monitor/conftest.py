@@ -47,7 +47,8 @@ def drift_roots(tmp_path_factory, ray_session) -> dict[str, str]:
         generate_job(load_config(GenerateConfig, "configs/generate.yaml", [
             *common, *WORLD, f"generator.drift.start={DRIFT_START}", *drift]))
         ingest_job(load_config(IngestConfig, "configs/ingest.yaml", common))
-        features_job(load_config(FeaturesConfig, "configs/features.yaml", common))
+        features_job(load_config(FeaturesConfig, "configs/features.yaml",
+                                 [*common, "materialize=false"]))  # replays read offline
         roots[kind] = root
     common = [f"storage.root={roots['feature']}", "tracking.mode=disabled"]
     result = train_job(load_config(TrainConfig, "configs/train_engagement.yaml", [
