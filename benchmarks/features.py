@@ -72,11 +72,10 @@ def pandas_features(events_dir: str, out_dir: str) -> dict[str, int]:
 def ray_features(events_dir: str, out_dir: str) -> dict[str, int]:
     """The Ray Data pipeline and writer of `jobs.features` for the engagement views."""
     from jobs.features import write_views
-    from slipway.features.compute import default_partitions, engagement_features
+    from slipway.features.compute import default_partitions, engagement_features, read_events
     from slipway.storage import Storage
 
-    events = ray.data.read_parquet(events_dir).select_columns(EVENT_COLUMNS)
-    views = engagement_features(events, default_partitions())
+    views = engagement_features(read_events(events_dir), default_partitions())
     return write_views(views, Storage(out_dir))
 
 

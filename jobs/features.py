@@ -20,10 +20,10 @@ from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig
 from slipway.features.compute import (
     DAY_US,
-    EVENT_COLUMNS,
     article_text_features,
     default_partitions,
     engagement_features,
+    read_events,
     user_profile_features,
 )
 from slipway.features.definitions import PROFILE_TTL
@@ -74,11 +74,12 @@ def write_views(tables: dict[str, ray.data.Dataset], storage: Storage) -> dict[s
         return dict(zip(tables, pool.map(write, tables), strict=True))
 
 
-def _curated(storage: Storage, name: str) -> ray.data.Dataset:
+def _curated(storage: Storage, name: str) -> str:
+    """The URI of a curated table (JobFailed when ingestion has not written it)."""
     if not storage.list_files("curated", name):
         raise JobFailed(f"no curated {name} under {storage.uri('curated', name)}; "
                         f"run `python -m jobs.ingest` first")
-    return ray.data.read_parquet(storage.uri("curated", name))
+    return storage.uri("curated", name)
 
 
 def main(cfg: FeaturesConfig) -> FeaturesResult:
@@ -89,12 +90,12 @@ def main(cfg: FeaturesConfig) -> FeaturesResult:
     with track_run("features", cfg, storage) as run:
         for name in ("events", "articles", "users"):
             run.add_data_version(f"curated/{name}", storage.version("curated", name))
-        events = _curated(storage, "events").select_columns(EVENT_COLUMNS)
+        events = read_events(_curated(storage, "events"))
         tables = {f"{kind}_engagement": ds
                   for kind, ds in engagement_features(events, partitions).items()}
-        tables["article_text"] = _curated(storage, "articles").map_batches(
+        tables["article_text"] = ray.data.read_parquet(_curated(storage, "articles")).map_batches(
             article_text_features, batch_format="pyarrow", batch_size=None)
-        tables["user_profile"] = _curated(storage, "users").map_batches(
+        tables["user_profile"] = ray.data.read_parquet(_curated(storage, "users")).map_batches(
             user_profile_features, batch_format="pyarrow", batch_size=None)
         rows = write_views(tables, storage)
         for name in rows:

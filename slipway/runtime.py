@@ -51,11 +51,8 @@ def system_config(num_cpus: int | None) -> dict:
 
 
 def configure_data() -> None:
-    """Ray Data settings of every job in this process (after Ray is up).
+    """Ray Data settings of every job in this process.
 
-    - Reads make at least two blocks per CPU of the cluster, more where the data is larger
-      than that many 128 MiB blocks: Ray's floor of 200 made a 10M-event read 200 tasks on
-      two CPUs, each with its own overhead.
     - Parquet is read by the V1 reader, one task per file or row group: Ray 2.60's V2 reader
       packs files into 128 MiB read units whatever `override_num_blocks` says, which left
       seven of a 10M-event read's eight files to one task.
@@ -65,7 +62,6 @@ def configure_data() -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = os.environ.get("SLIPWAY_PROGRESS", "1") == "1"
     context.enable_arrow_backed_pandas_conversion = False
-    context.read_op_min_num_blocks = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     context.use_datasource_v2 = False
     context.shuffle_compression = "none"
 
