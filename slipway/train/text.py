@@ -75,7 +75,6 @@ class TextData(StrictModel):
         description="train on a labeling project's label set: `project` (its latest version) or "
                     "`project@N`; sets path, text_columns and label_column")
 
-
     @model_validator(mode="after")
     def _encoder_to_train(self) -> TextData:
         if self.train_encoder and self.model != "encoder":
