@@ -22,7 +22,11 @@ SMALL = {
     # The shipped training (two workers, five epochs) on every impression: tests/model/test_train.py
     # judges this model and resumes a stopped copy of its run.
     "train": ["trainer.keep_checkpoints=null", "engagement.max_examples=null"],
-    "train_text": [*ONE_WORKER, "model.epochs=3", "text.embed_actors=1"],
+    # Three epochs at a higher rate and smaller batches than the shipped 20: a calibrated champion
+    # (valid ECE about 0.08 instead of 0.65 at the shipped rate), whose served probabilities the
+    # labeling round's consensus weighs (tests/labeling).
+    "train_text": [*ONE_WORKER, "model.epochs=3", "model.batch_size=16", "model.lr=0.01",
+                   "text.embed_actors=1"],
     "bootstrap_llm": ["trainer.num_workers=1", *TINY_LM],
     "finetune_llm": ["trainer.num_workers=2", "optim.epochs=1",
                      "optim.micro_batch_size=8", "data.max_articles=40", "max_length=320"],

@@ -109,15 +109,19 @@ def s3_root(s3_endpoint, monkeypatch) -> str:
 # deploy the Serve app or change what it serves run on one worker, in file order, from the first
 # minute (they build the platform root first); every other module is a group of its own that
 # either worker takes, the platform's readers last, so that the root is built when they need it.
+# (The platform's index test reads the files that a Serve test rewrites.) A served module's
+# tests that neither read what the app changes nor change what it serves are groups of their own.
 SERVED = ("tests/cluster/test_pipeline.py", "tests/serve/", "tests/notebooks/",
-          "tests/model/test_index.py", "tests/model/test_llm.py")
+          "tests/model/test_llm.py", "tests/model/test_index.py::test_index_is_built")
+UNSERVED = ("tests/model/test_llm.py::test_zero3_with_cpu_offload",)
 PLATFORM_FIXTURES = {"platform_root", "platform_build"}
 
 
 def group(nodeid: str) -> str:
-    """The xdist group of a test: `served` or its module."""
-    path = nodeid.split("::")[0]
-    return "served" if path.startswith(SERVED) else path
+    """The xdist group of a test: `served`, itself (UNSERVED) or its module."""
+    if nodeid.startswith(UNSERVED):
+        return nodeid
+    return "served" if nodeid.startswith(SERVED) else nodeid.split("::")[0]
 
 
 SERVE_APP = {"running": False}  # set by tests/serve/conftest.py's `startup`

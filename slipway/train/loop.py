@@ -27,7 +27,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from transformers import get_linear_schedule_with_warmup
 
 from slipway.evaluation import classification_metrics
 
@@ -106,6 +105,8 @@ def lr_schedule(optimizer: torch.optim.Optimizer, config: dict[str, Any], world_
     without `warmup_fraction`."""
     if config.get("warmup_fraction") is None:
         return None
+    from transformers import get_linear_schedule_with_warmup  # 2-3 s: only runs that warm up
+
     per_epoch = math.ceil(config["train_rows"] // world_size / config["batch_size"])
     steps = max(1, per_epoch * config["epochs"])
     return get_linear_schedule_with_warmup(optimizer, int(config["warmup_fraction"] * steps),

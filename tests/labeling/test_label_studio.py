@@ -60,11 +60,11 @@ def test_a_round_through_label_studio_retrains_the_classifier_and_equals_the_fil
     registry = Registry(Storage(studio_root))
     champion_before = registry.get(PROJECT).version
 
-    # The retraining at the platform's small size (one worker, three epochs), layered over the
-    # shipped config.
+    # The retraining as the lexical model (TF-IDF and logistic regression in one Ray task),
+    # layered over the shipped config: the round's step is under test here, the Ray Train text
+    # model in tests/model/test_text.py.
     small = tmp_path / "train_small.yaml"
-    small.write_text("trainer: {num_workers: 1, keep_checkpoints: null}\n"
-                     "model: {epochs: 3}\ntext: {embed_actors: 1}\n")
+    small.write_text("text: {model: lexical}\n")
     out = labeling_round(load_config(RoundConfig, "configs/labeling_round.yaml", [
         f"storage.root={studio_root}", "tracking.mode=disabled", "start_label_studio=null",
         f"label_studio.url={label_studio.url}", f"train=[configs/train_text.yaml, {small}]"]))

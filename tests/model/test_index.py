@@ -157,7 +157,7 @@ def test_hybrid_search_on_manual_pages_finds_what_only_one_side_finds(tmp_path):
     os.makedirs(f"{root}/curated")
     pages.to_parquet(f"{root}/curated/man.parquet")
     overrides = ["source=curated/man.parquet", "index.name=man", "index.id_column=page",
-                 "index.text_column=body", "index.title_column=title", "index.embed_actors=2",
+                 "index.text_column=body", "index.title_column=title",
                  f"questions_file={questions}"]
     # A file that names a page the index lacks is refused, naming the line, before building.
     questions.write_text(json.dumps({"question": "x", "relevant": [pages["page"][0]]}) + "\n"
