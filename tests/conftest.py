@@ -39,7 +39,7 @@ def ray_session() -> Iterator[object]:
 
     from tests.ray_cluster import LocalCluster
 
-    cluster = LocalCluster(num_cpus=2)
+    cluster = LocalCluster(num_cpus=2, log_monitor=False)  # log_to_driver=False below
     cluster.start_node(head=True)
     try:
         cluster.wait_for_nodes(1)
@@ -115,6 +115,9 @@ SERVED = ("tests/cluster/test_pipeline.py", "tests/serve/", "tests/notebooks/",
           "tests/model/test_llm.py", "tests/model/test_index.py::test_index_is_built")
 UNSERVED = ("tests/model/test_llm.py::test_zero3_with_cpu_offload",)
 PLATFORM_FIXTURES = {"platform_root", "platform_build"}
+# The platform's readers that take longest start first, so that no worker is left alone at the end.
+LONGEST = ("tests/cluster/test_multinode.py", "tests/model/test_llm.py::test_zero3",
+           "tests/model/test_train.py")
 
 
 def group(nodeid: str) -> str:
@@ -151,12 +154,14 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Order the tests: the served group, other modules, then the platform's readers (file order
-    within each)."""
+    """Order the tests: the served group, other modules, then the platform's readers, the
+    longest first (file order within each)."""
     def lane(item: pytest.Item) -> int:
         if group(item.nodeid) == "served":
             return 0
-        return 2 if PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())) else 1
+        if not PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            return 1
+        return 2 if item.nodeid.startswith(LONGEST) else 3
 
     items.sort(key=lane)  # stable
 

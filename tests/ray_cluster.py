@@ -21,8 +21,11 @@ class LocalCluster:
     its own temp dir and ports, so that clusters run side by side on one machine."""
 
     def __init__(self, num_cpus: int = 1, object_store_memory: int | None = None,
-                 **env: str) -> None:
+                 log_monitor: bool = True, **env: str) -> None:
+        """`log_monitor=False`: no process tails the workers' log files for drivers (the test
+        session's drivers do not print them)."""
         self.num_cpus, self.object_store_memory = num_cpus, object_store_memory
+        self.log_monitor = log_monitor
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         # The raylet settings of cluster/'s nodes (slipway.runtime.system_config).
@@ -49,6 +52,8 @@ class LocalCluster:
                 f"--metrics-export-port={free_port()}"]
         if self.object_store_memory:
             args.append(f"--object-store-memory={self.object_store_memory}")
+        if not self.log_monitor:
+            args.append("--include-log-monitor=false")
         if head:
             args += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",

@@ -206,9 +206,9 @@ def test_a_consumer_dying_mid_batch_loses_and_double_counts_nothing(root, redis_
     # its name, and it finishes what it was given first.
     while sum(s["processed"] for s in ray.get([c.stats.remote() for c in consumers])) < 200:
         time.sleep(0.05)
+    stream.publish(events[1500:] + retried[100:])  # in flight whatever the consumers' pace
     in_flight = stream.lag()
     ray.kill(consumers[0], no_restart=False)
-    stream.publish(events[1500:] + retried[100:])
     done = wait_until_done(stream, consumers, 0)
     assert in_flight["lag"] + in_flight["pending"] > 0
     assert stream.client.xpending(cfg.stream.name, cfg.stream.group)["pending"] == 0
