@@ -106,18 +106,16 @@ def s3_root(s3_endpoint, monkeypatch) -> str:
 
 
 # `make test` runs two pytest-xdist workers (`-n 2`), each with its own local Ray. Tests that
-# deploy the Serve app or change what it serves run on one worker, in file order, from the first
-# minute (they build the platform root first); every other module is a group of its own that
-# either worker takes, the platform's readers last, so that the root is built when they need it.
-# (The platform's index test reads the files that a Serve test rewrites.) A served module's
-# tests that neither read what the app changes nor change what it serves are groups of their own.
+# deploy the Serve app, change what it serves or read what a Serve test rewrites (the platform's
+# index) run on one worker, in file order, from the first minute (they build the platform root
+# first); every other module, and each UNSERVED test of a served module, is a group that either
+# worker takes, the platform's readers last, so that the root is built when they need it.
 SERVED = ("tests/cluster/test_pipeline.py", "tests/serve/", "tests/notebooks/",
           "tests/model/test_llm.py", "tests/model/test_index.py::test_index_is_built")
 UNSERVED = ("tests/model/test_llm.py::test_zero3_with_cpu_offload",)
 PLATFORM_FIXTURES = {"platform_root", "platform_build"}
 # The platform's readers that take longest start first, so that no worker is left alone at the end.
-LONGEST = ("tests/cluster/test_multinode.py", "tests/model/test_llm.py::test_zero3",
-           "tests/model/test_train.py")
+LONGEST = ("tests/cluster/test_multinode.py", *UNSERVED, "tests/model/test_train.py")
 
 
 def group(nodeid: str) -> str:
