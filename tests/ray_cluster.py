@@ -65,6 +65,25 @@ class LocalCluster:
         self.nodes.append(proc)
         return proc
 
+    def add_node(self, tries: int = 3) -> subprocess.Popen:
+        """Start a worker node and wait until it is alive. A node whose raylet died at start-up
+        is started again: the raylet waits a fixed 15 s for the dashboard agent's port file
+        (ray-project/ray#65983), which an agent starting on a loaded machine can miss."""
+        expected = len(self.alive_nodes()) + 1
+        for _ in range(tries):
+            proc = self.start_node()
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if len(self.alive_nodes()) == expected:
+                        return proc
+                except Exception:  # the dashboard is busy; ask again
+                    pass
+                time.sleep(1)
+            if proc.poll() is None:  # alive but never joined: not a start-up crash
+                break
+        raise AssertionError(f"the cluster did not reach {expected} alive nodes")
+
     def alive_nodes(self) -> list[str]:
         from ray.util.state import list_nodes
 

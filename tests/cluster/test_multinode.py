@@ -22,12 +22,13 @@ from tests.ray_cluster import LocalCluster
 def cluster() -> Iterator[LocalCluster]:
     local = LocalCluster(num_cpus=1, object_store_memory=400_000_000,
                          RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
-    local.start_node(head=True)
-    local.wait_for_nodes(1)
-    local.start_node()
-    local.wait_for_nodes(2)
-    yield local
-    local.stop()
+    try:
+        local.start_node(head=True)
+        local.wait_for_nodes(1)
+        local.add_node()
+        yield local
+    finally:
+        local.stop()
 
 
 def wait_for_job(cluster: LocalCluster, job_id: str, timeout_s: float = 480) -> str:
@@ -90,7 +91,7 @@ def test_submitted_jobs_span_both_nodes_and_training_survives_a_lost_node(cluste
         time.sleep(0.2)
     cluster.kill(cluster.nodes[1])  # the second node is lost mid-run
     cluster.wait_for_nodes(1)
-    cluster.start_node()  # a replacement joins; the worker group restarts on it
+    cluster.add_node()  # a replacement joins; the worker group restarts on it
     assert wait_for_job(cluster, "train") == "SUCCEEDED"
     logs = JobSubmissionClient(cluster.dashboard).get_job_logs("train")
     resumed = [line for line in logs.splitlines() if "resuming from the checkpoint" in line]
