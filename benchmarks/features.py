@@ -129,7 +129,8 @@ def _lookups(root: str, feature_store: dict, thin: bool, lookups: int, seed: int
     """One client process: open the store, warm up, wait for the others, then time `lookups`
     single-row reads (ms)."""
     from slipway.features.online import RedisOnlineReader
-    from slipway.features.store import FeatureStoreSettings, online_features, open_store
+    from slipway.features.settings import FeatureStoreSettings
+    from slipway.features.store import online_features, open_store
     from slipway.storage import Storage
 
     store = open_store(FeatureStoreSettings(**feature_store), Storage(root))
@@ -304,7 +305,8 @@ def rank_latency(root: str, requests: int) -> dict:
 
     from benchmarks.serve import LEVELS, app_environment, load, serve_config
     from serve_apps.client import wait_ready
-    from slipway.features.store import FeatureStoreSettings, apply_definitions, open_store
+    from slipway.features.settings import FeatureStoreSettings
+    from slipway.features.store import apply_definitions, open_store
     from slipway.local import free_port
     from slipway.storage import Storage
 

@@ -23,7 +23,8 @@ from slipway.cli import JobFailed, run_job
 from slipway.experiments.analysis import analyze, unit_table
 from slipway.experiments.events import read_events
 from slipway.experiments.report import plots, render
-from slipway.features.store import FeatureStoreSettings, open_store, user_features
+from slipway.features.settings import FeatureStoreSettings
+from slipway.features.store import open_store, user_features
 from slipway.predictions import read_log
 from slipway.registry import Registry
 from slipway.storage import Storage

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from slipway.cli import JobFailed, run_job
 from slipway.config import JobConfig, UtcDatetime
-from slipway.features.store import FeatureStoreSettings, open_store, training_set
+from slipway.features.settings import FeatureStoreSettings
+from slipway.features.store import open_store, training_set
 from slipway.models.engagement import CATEGORICAL, NUMERIC, features_found
 from slipway.models.scoring import predict_proba
 from slipway.predictions import json_records, log_row, write_rows

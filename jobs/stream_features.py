@@ -16,7 +16,8 @@ from pydantic import Field
 
 from slipway.cli import run_job
 from slipway.config import JobConfig
-from slipway.features.store import FeatureStoreSettings, apply_definitions, open_store
+from slipway.features.settings import FeatureStoreSettings
+from slipway.features.store import apply_definitions, open_store
 from slipway.runtime import init_ray
 from slipway.storage import Storage
 from slipway.streaming.consumer import ConsumerSettings, start_consumers, stop_consumers

@@ -18,7 +18,8 @@ from ray import serve
 from serve_apps.follow import follow
 from serve_apps.versions import Versions
 from slipway.features.online import RedisOnlineReader
-from slipway.features.store import FeatureStoreSettings, online_features, open_store
+from slipway.features.settings import FeatureStoreSettings
+from slipway.features.store import online_features, open_store
 from slipway.models.engagement import features_found
 from slipway.models.scoring import predict_proba
 from slipway.predictions import json_records

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from llm.lexical_index import Mode
 from slipway.config import StrictModel
-from slipway.features.store import FeatureStoreSettings
+from slipway.features.settings import FeatureStoreSettings
 from slipway.streaming.stream import StreamSettings
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slipway.local import start_redis
 
@@ -189,9 +190,12 @@ def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, s
 
     reuse = os.environ.get("SLIPWAY_TEST_PLATFORM_ROOT")
     if reuse:  # the inner loop: a root an earlier session built (its pipeline records say how)
-        records = sorted(glob.glob(f"{reuse}/pipeline/*.json"), key=os.path.getmtime)
-        outcomes = {r["stage"]: r["outcome"]
-                    for r in (json.loads(Path(path).read_text()) for path in records)}
+        records = [json.loads(Path(path).read_text())
+                   for path in glob.glob(f"{reuse}/pipeline/*.json")]
+        ran = {r["stage"]: r["outcome"] for r in records if "stage" in r}
+        stages = yaml.safe_load(Path("configs/pipeline.yaml").read_text())["stages"]
+        outcomes = {s["name"]: ran.get(s["name"], "waiting")  # no record: it waited
+                    for s in stages if s["name"] != "tune"}
         layer = platform_pipeline(reuse, str(tmp_path_factory.mktemp("platform") / "p.yaml"))
         return reuse, layer, outcomes
     shared = tmp_path_factory.getbasetemp()

@@ -15,15 +15,12 @@ Materialization uses Feast's local engine, reading through the Ray offline store
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureService, FeatureStore, RepoConfig
 from feast.data_source import PushMode
-from pydantic import Field
 
-from slipway.config import StrictModel
 from slipway.features.columns import STREAM_COLUMNS
 from slipway.features.definitions import (
     ARTICLE,
@@ -34,23 +31,8 @@ from slipway.features.definitions import (
     ranking_service,
     stream_views,
 )
+from slipway.features.settings import FeatureStoreSettings
 from slipway.storage import Storage
-
-
-class OnlineStoreSettings(StrictModel):
-    """Where online features live: `sqlite` (under the storage root) or `redis`."""
-
-    type: Literal["sqlite", "redis"] = "sqlite"
-    connection_string: str = Field(
-        default="127.0.0.1:6379", description="Redis host:port[,password=...] (redis only)")
-
-
-class FeatureStoreSettings(StrictModel):
-    """Feast project, offline engine and online store."""
-
-    project: str = Field(default="slipway", pattern=r"^[A-Za-z0-9_]+$")
-    offline_store: Literal["file", "ray"] = "file"
-    online_store: OnlineStoreSettings = OnlineStoreSettings()
 
 
 def repo_config(settings: FeatureStoreSettings, storage: Storage) -> RepoConfig:

@@ -18,13 +18,16 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from slipway.registry import ModelVersion, runtime
+
+if TYPE_CHECKING:  # scikit-learn is imported when a lexical model is fitted or loaded, not by
+    # every process that imports slipway.models (about 1 s of CPU each)
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 NAME = "tfidf_lr"
 NGRAMS = (1, 2)
@@ -58,6 +61,9 @@ class LexicalTextClassifier:
         row gets no probability."""
         if (encoder is None) != (embeddings is None):
             raise ValueError("a combined model needs both the encoder and the embeddings")
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
         vectorizer = TfidfVectorizer(ngram_range=NGRAMS, sublinear_tf=True)
         x = _with_embeddings(vectorizer.fit_transform(list(texts)), embeddings)
         regression = LogisticRegression(C=c, max_iter=2000).fit(x, np.asarray(labels))
@@ -107,6 +113,8 @@ class LexicalTextClassifier:
     @classmethod
     def load(cls, folder: str) -> LexicalTextClassifier:
         """The classifier `save` wrote to `folder`."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         with open(os.path.join(folder, "vocabulary.json")) as f:
             vocabulary = json.load(f)
         encoder = None
@@ -124,6 +132,8 @@ def _with_embeddings(tfidf: sp.csr_matrix, embeddings: np.ndarray | None) -> sp.
     """TF-IDF rows with the embeddings' columns appended (none: the TF-IDF rows)."""
     if embeddings is None:
         return tfidf
+    import scipy.sparse as sp
+
     return sp.hstack([tfidf, sp.csr_matrix(np.asarray(embeddings, np.float64))], format="csr")
 
 

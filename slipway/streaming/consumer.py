@@ -21,7 +21,8 @@ from pydantic import Field
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from slipway.config import StrictModel
-from slipway.features.store import FeatureStoreSettings, open_store, push_stream
+from slipway.features.settings import FeatureStoreSettings
+from slipway.features.store import open_store, push_stream
 from slipway.storage import Storage
 from slipway.streaming.events import COUNTED, StreamEvent, decode
 from slipway.streaming.stream import Entry, RedisStream, StreamSettings

@@ -12,8 +12,8 @@ from pydantic import Field
 
 from slipway.config import StrictModel, UtcDatetime
 from slipway.errors import SlipwayError
-from slipway.features.definitions import VIEW_FIELDS
-from slipway.features.store import FeatureStoreSettings, open_store, training_set
+from slipway.features.columns import VIEW_COLUMNS
+from slipway.features.settings import FeatureStoreSettings
 from slipway.models.engagement import EngagementMLP, Preprocessor
 from slipway.storage import Storage
 from slipway.train.trainer import Prepared, to_dataset
@@ -31,6 +31,8 @@ class EngagementData(StrictModel):
 
 def load_examples(data: EngagementData, storage: Storage, seed: int) -> pd.DataFrame:
     """Impressions with their point-in-time features, oldest first."""
+    from slipway.features.store import open_store, training_set  # Feast: about 5 s to import
+
     uri = storage.uri("curated", "events")
     if not storage.list_files("curated", "events"):
         raise SlipwayError(f"no curated events under {uri}; run jobs.ingest and jobs.features")
@@ -72,5 +74,5 @@ def prepare(data: EngagementData, storage: Storage, seed: int, valid: float, tes
         splits={"train": train, "valid": valid_df, "test": test_df},
         metadata={"preprocessing": prep.to_dict(), "labels": ["no click", "click"]},
         data_versions={f"features/{view}": storage.version("features", view)
-                       for view in VIEW_FIELDS},
+                       for view in VIEW_COLUMNS},
     )

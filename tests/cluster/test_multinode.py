@@ -77,7 +77,7 @@ def test_submitted_jobs_span_both_nodes_and_training_survives_a_lost_node(cluste
                          "--config", "configs/train_engagement.yaml",
                          "--set", f"storage.root={root}", "--set", "tracking.mode=disabled",
                          "--set", "trainer.num_workers=2", "--set", "trainer.max_failures=1",
-                         "--set", "model.epochs=10", "--set", "engagement.max_examples=3000",
+                         "--set", "model.epochs=5", "--set", "engagement.max_examples=3000",
                          wait=False)
     assert job.returncode == 0, job.stderr
     deadline = time.monotonic() + 240

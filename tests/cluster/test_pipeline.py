@@ -1,6 +1,7 @@
 """The pipeline job: it builds the whole platform (the session's platform root: every stage from
-generation to the LLM and the index, at small sizes), a second run skips every stage, a changed
-config reruns that stage and what follows from it, and --only / --from force a stage."""
+generation to the LLM and the index, at small sizes), a second run skips every stage, a new model
+version reruns the stages that read it, a changed setting reruns its stage alone, and --only /
+--from force a stage."""
 
 from __future__ import annotations
 
@@ -50,19 +51,33 @@ def test_the_pipeline_builds_the_platform_then_reruns_only_what_changed(platform
     assert again.pop("monitor") in ("waiting", "running", "skipped")
     assert again == dict.fromkeys(platform[:-1], "skipped")
 
-    # A new training setting: train reruns, and so do the stages that read its model.
-    epochs = tmp_path / "epochs.yaml"
-    epochs.write_text(yaml.safe_dump({"stages": [
-        {"name": "train", "set": [*SMALL["train"], "model.epochs=1", "trainer.num_workers=1"]}]}))
-    cli([*config, "--config", str(epochs)])
+    # A new version of the model, registered as a training run registers one (here v1's weights
+    # and lineage again, as challenger): the stages that read its versions rerun, and only they.
+    model, v1 = registry.load("engagement", 1)
+    lineage = {k: v for k, v in v1.metadata.items()
+               if k not in ("name", "version", "created_at", "architecture", "artifact_uri")}
+    copy = registry.register("engagement", model.state_dict(), v1.metadata["architecture"]["name"],
+                             v1.metadata["architecture"]["params"], **lineage)
+    registry.set_alias("engagement", "challenger", copy.version, "a run outside the pipeline")
+    cli(config)
     changed = outcomes(capsys)
     changed.pop("monitor")
-    assert changed == {**dict.fromkeys(platform[:-1], "skipped"), "train": "running",
-                       "evaluate": "running", "promote": "running"}
+    assert changed == {**dict.fromkeys(platform[:-1], "skipped"), "evaluate": "running",
+                       "promote": "running"}
+
+    # A new setting of a stage reruns that stage; what it writes beside the models (their
+    # evaluations) is not an input of the stages after it.
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({"stages": [
+        {"name": "evaluate", "set": ["model_name=engagement", "ref=champion"]}]}))
+    cli([*config, "--config", str(ref)])
+    changed = outcomes(capsys)
+    changed.pop("monitor")
+    assert changed == {**dict.fromkeys(platform[:-1], "skipped"), "evaluate": "running"}
 
     cli([*config, "--only", "evaluate_llm"])
     assert outcomes(capsys) == {"evaluate_llm": "running"}
-    cli([*config, "--config", str(epochs), "--from", "evaluate"])  # forced; promote unchanged
+    cli([*config, "--config", str(ref), "--from", "evaluate"])  # forced; promote unchanged
     forced = outcomes(capsys)
     forced.pop("monitor")
     before = platform[:platform.index("evaluate")]

@@ -223,7 +223,7 @@ def test_the_encoder_fine_tunes_data_parallel_and_registers_its_best_epoch(tmp_p
     """Real text (manual page summaries by section), the encoder trained by two DDP workers:
     its own learning rate with warmup and linear decay, early stopping, max_length from the
     data."""
-    pages = man_page_summaries(30)
+    pages = man_page_summaries(20)
     pages.to_csv(tmp_path / "man.csv", index=False)
     root = str(tmp_path / "root")
     result = train_job(load_config(TrainConfig, "configs/train_text.yaml", [
