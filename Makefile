@@ -22,6 +22,8 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)-$(shell echo $(CURDIR) | sha256sum | cu
 
 # Local runs: no Ray token auth on a laptop-local Ray; W&B offline unless WANDB_API_KEY is set.
 export RAY_AUTH_MODE ?= disabled
+# No usage telemetry from local Rays (Ray Data's collector actor and its Prometheus poller).
+export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 # Models load from local paths or shipped packages only; a hub id works when you unset this.
 export HF_HUB_OFFLINE ?= 1

@@ -17,9 +17,11 @@ import yaml
 
 from slipway.local import start_redis
 
-# What the Makefile exports, so that plain `pytest` runs as `make test` does: no Ray token auth on
-# the local Ray, models from local paths only, DeepSpeed's C++ ops compiled once beside the venv.
+# What the Makefile exports, so that plain `pytest` runs as `make test` does: no Ray token auth or
+# usage telemetry on the local Ray, models from local paths only, DeepSpeed's C++ ops compiled
+# once beside the venv.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
