@@ -24,6 +24,16 @@ def test_the_platforms_generated_data_flows_to_features_that_match_pandas(platfo
                  for p in glob.glob(f"{root}/runs/features/*.json")]
     assert len(manifests) == 1 and manifests[0]["status"] == "succeeded"
     rows = manifests[0]["metrics"]
+    # The generator corrupted `bad_row_fraction` of the rows it wrote as text (its run's config):
+    # ingestion quarantined exactly those, and the features read what it accepted.
+    [generated] = [json.loads(Path(p).read_text())
+                   for p in glob.glob(f"{root}/runs/generate/*.json")]
+    [ingested] = [json.loads(Path(p).read_text())["metrics"]
+                  for p in glob.glob(f"{root}/runs/ingest/*.json")]
+    for name, size in (("events", "num_events"), ("users", "num_users")):
+        corrupted = generated["config"]["outputs"][name]["bad_row_fraction"]
+        assert corrupted > 0 and ingested[f"{name}/read"] == generated["config"]["generator"][size]
+        assert ingested[f"{name}/quarantined"] == round(corrupted * ingested[f"{name}/read"])
     assert rows["article_text/rows"] == len(pd.read_parquet(f"{root}/curated/articles"))
     assert rows["user_profile/rows"] == len(pd.read_parquet(f"{root}/curated/users"))
 
