@@ -72,16 +72,12 @@ class LocalCluster:
         expected = len(self.alive_nodes()) + 1
         for _ in range(tries):
             proc = self.start_node()
-            deadline = time.monotonic() + 300
-            while proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    if len(self.alive_nodes()) == expected:
-                        return proc
-                except Exception:  # the dashboard is busy; ask again
-                    pass
-                time.sleep(1)
-            if proc.poll() is None:  # alive but never joined: not a start-up crash
-                break
+            try:
+                self.wait_for_nodes(expected, while_running=proc)
+                return proc
+            except AssertionError:
+                if proc.poll() is None:  # alive but never joined: not a start-up crash
+                    raise
         raise AssertionError(f"the cluster did not reach {expected} alive nodes")
 
     def alive_nodes(self) -> list[str]:
@@ -90,9 +86,13 @@ class LocalCluster:
         return [n.node_id for n in list_nodes(address=self.dashboard, raise_on_missing_output=False)
                 if n.state == "ALIVE"]
 
-    def wait_for_nodes(self, count: int, timeout_s: float = 300) -> list[str]:
+    def wait_for_nodes(self, count: int, timeout_s: float = 300,
+                       while_running: subprocess.Popen | None = None) -> list[str]:
+        """The alive nodes once there are `count`; gives up after `timeout_s` or once
+        `while_running` (a node being started) has exited."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (while_running is None
+                                               or while_running.poll() is None):
             try:
                 alive = self.alive_nodes()
                 if len(alive) == count:
