@@ -24,6 +24,9 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)-$(shell echo $(CURDIR) | sha256sum | cu
 export RAY_AUTH_MODE ?= disabled
 # No usage telemetry from local Rays (Ray Data's collector actor and its Prometheus poller).
 export RAY_USAGE_STATS_ENABLED ?= 0
+# No Ray Train preemption watcher (an actor per run polling for node drains): one machine has no
+# spot nodes to lose. Clusters keep it (cluster/ sets nothing).
+export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER ?= 0
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
 # Models load from local paths or shipped packages only; a hub id works when you unset this.
 export HF_HUB_OFFLINE ?= 1

@@ -17,11 +17,12 @@ import yaml
 
 from slipway.local import start_redis
 
-# What the Makefile exports, so that plain `pytest` runs as `make test` does: no Ray token auth or
-# usage telemetry on the local Ray, models from local paths only, DeepSpeed's C++ ops compiled
-# once beside the venv.
+# What the Makefile exports, so that plain `pytest` runs as `make test` does: no Ray token auth,
+# usage telemetry or Train preemption watcher on the local Ray, models from local paths only,
+# DeepSpeed's C++ ops compiled once beside the venv.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch-extensions"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
@@ -33,25 +34,48 @@ os.environ.setdefault("LABEL_STUDIO_PYTHON", str(ROOT / ".label-studio/bin/pytho
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest-xdist
 
 
+def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temp folder every process of the run shares: the session's own, or under
+    pytest-xdist the folder above the workers' own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if XDIST_WORKER is not None else base
+
+
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[object]:
-    """A local two-CPU Ray shared by every test of this process (its RayContext): a head node
-    started as `ray start` with ports and a temp dir of its own (Ray's own defaults, such as the
-    dashboard agent's port, would clash between the two clusters of `make test`'s workers)."""
+def ray_session(tmp_path_factory) -> Iterator[object]:
+    """One local four-CPU Ray for the whole run, shared by `make test`'s two workers (this
+    process's RayContext): a head node started as `ray start` with ports and a temp dir of its
+    own by the first worker to need it, joined by the other, stopped when the run ends
+    (`pytest_unconfigure`)."""
     import ray
+    from filelock import FileLock
 
     from tests.ray_cluster import LocalCluster
 
-    cluster = LocalCluster(num_cpus=2, log_monitor=False)  # log_to_driver=False below
-    cluster.start_node(head=True)
-    try:
-        cluster.wait_for_nodes(1)
-        context = ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        yield context
-        ray.shutdown()
-    finally:
-        cluster.stop()
+    record = shared_folder(tmp_path_factory) / "ray.json"
+    with FileLock(f"{record}.lock"):
+        if not record.exists():
+            cluster = LocalCluster(num_cpus=4, log_monitor=False)  # log_to_driver=False below
+            head = cluster.start_node(head=True)
+            record.write_text(json.dumps({"address": cluster.address, "pid": head.pid}))
+            cluster.wait_for_nodes(1)
+    started = json.loads(record.read_text())
+    context = ray.init(address=started["address"], logging_level="ERROR", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield context
+    ray.shutdown()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the run's Ray, if one started, once every test is done: in the xdist controller
+    (after both workers) or in a run without xdist; not in a worker."""
+    if hasattr(config, "workerinput"):
+        return
+    from tests.ray_cluster import stop_node
+
+    record = config._tmp_path_factory.getbasetemp() / "ray.json"
+    if record.exists():
+        stop_node(json.loads(record.read_text())["pid"])
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +132,7 @@ def s3_root(s3_endpoint, monkeypatch) -> str:
     return f"s3://slipway-test/{uuid.uuid4().hex[:8]}"
 
 
-# `make test` runs two pytest-xdist workers (`-n 2`), each with its own local Ray. Tests that
+# `make test` runs two pytest-xdist workers (`-n 2`) on one local Ray. Tests that
 # deploy the Serve app, change what it serves or read what a Serve test rewrites (the platform's
 # index) run on one worker, in file order, from the first minute (they build the platform root
 # first); every other module, and each UNSERVED test of a served module, is a group that either
@@ -133,8 +157,7 @@ SERVE_APP = {"running": False}  # set by tests/serve/conftest.py's `startup`
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Once this worker has run its served group, take the Serve app down before the next test:
-    its replicas hold CPUs of this worker's two-CPU Ray, which a two-worker training run of a
-    later group needs whole."""
+    its replicas hold CPUs of the run's Ray, which the training runs of later groups need."""
     if SERVE_APP["running"] and group(item.nodeid) != "served":
         from ray import serve
 
@@ -200,10 +223,7 @@ def platform_build(tmp_path_factory, ray_session) -> tuple[str, str, dict[str, s
                     for s in stages if s["name"] != "tune"}
         layer = platform_pipeline(reuse, str(tmp_path_factory.mktemp("platform") / "p.yaml"))
         return reuse, layer, outcomes
-    shared = tmp_path_factory.getbasetemp()
-    if XDIST_WORKER is not None:  # the folder above the workers' own
-        shared = shared.parent
-    folder = shared / "platform"
+    folder = shared_folder(tmp_path_factory) / "platform"
     root, layer, built = str(folder / "root"), str(folder / "pipeline.yaml"), folder / "built.json"
     with FileLock(f"{folder}.lock"):
         if not built.exists():

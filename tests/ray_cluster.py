@@ -108,16 +108,10 @@ class LocalCluster:
         proc.wait(timeout=60)
 
     def stop(self) -> None:
-        """Stop every node as Ctrl-C stops `ray start --block`; SIGKILL what lingers."""
+        """Stop every node (`stop_node`)."""
         for proc in self.nodes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # Ctrl-C: `ray start --block` stops its processes
-        for proc in self.nodes:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=60)
+            stop_node(proc.pid)
+            proc.wait(timeout=60)
 
     def submit(self, job_id: str, *entrypoint: str, wait: bool = True
                ) -> subprocess.CompletedProcess:
@@ -126,3 +120,27 @@ class LocalCluster:
                                f"--submission-id={job_id}", "--working-dir", ".",
                                *([] if wait else ["--no-wait"]), "--", *entrypoint],
                               env=self.env, capture_output=True, text=True, timeout=600)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (an exited child not yet waited for does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stop_node(pid: int, grace_s: float = 5) -> None:
+    """Stop the node whose `ray start --block` is `pid` (started by this process or another) as
+    Ctrl-C stops it; SIGKILL its process group, which holds everything it started, if it lingers."""
+    if running(pid):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+

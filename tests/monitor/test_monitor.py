@@ -116,7 +116,7 @@ def test_concept_drift_is_flagged_by_performance_once_labels_arrive(drift_roots,
     assert not any(k.startswith("performance:") for k in waiting.summary["active"])
 
     retrain = "python -c \"print('retraining on fresh data')\""
-    dashboard = f"http://{ray_session.dashboard_url}"  # this worker's Ray (make test runs two)
+    dashboard = f"http://{ray_session.dashboard_url}"  # the run's Ray
     result = run_once(monitor(root, "retrain.enabled=true", f"retrain.entrypoint={retrain}",
                               f"retrain.address={dashboard}"))
     before, after = split(result.summary["windows"])
