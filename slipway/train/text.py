@@ -12,6 +12,7 @@ combined` fits it on TF-IDF and the frozen encoder's embeddings (from the same a
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -161,13 +162,22 @@ def _inputs(data: TextData, texts: pd.Series) -> dict[str, np.ndarray]:
     """Token ids (encoder trained) or embeddings from one pass of an actor pool (frozen)."""
     if data.train_encoder:
         return tokenize(load_tokenizer(encoder_path(data.encoder)), texts.tolist(), data.max_length)
-    frame = pd.DataFrame({"text": texts.to_numpy(), "row": np.arange(len(texts))})
+    return {"x": _embed(data.encoder, data.max_length, data.embed_actors, tuple(texts))}
+
+
+@functools.lru_cache(maxsize=1)
+def _embed(encoder: str, max_length: int, actors: int, texts: tuple[str, ...]) -> np.ndarray:
+    """The texts' sentence embeddings, in order, from one pass of a pool of `actors` Ray actors.
+    The last result is kept: the frozen-encoder and combined candidates of one split (and
+    their shared validation rows) embed once."""
+    frame = pd.DataFrame({"text": texts, "row": np.arange(len(texts))})
     embedded = ray.data.from_pandas(frame).map_batches(
-        Embedder, fn_constructor_kwargs={"encoder": data.encoder, "max_length": data.max_length},
-        compute=ray.data.ActorPoolStrategy(size=data.embed_actors), batch_size=64,
-        batch_format="numpy")
+        Embedder, fn_constructor_kwargs={"encoder": encoder, "max_length": max_length},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=64, batch_format="numpy")
     # Actor pools may return batches out of order: put rows back in input order.
-    return {"x": np.stack(embedded.to_pandas().sort_values("row")["x"].to_numpy())}
+    x = np.stack(embedded.to_pandas().sort_values("row")["x"].to_numpy())
+    x.flags.writeable = False  # shared by the callers the cache answers
+    return x
 
 
 @dataclass
