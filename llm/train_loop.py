@@ -21,7 +21,6 @@ from typing import Any
 import psutil
 import ray.train
 import torch
-import torch.distributed as dist
 
 from llm.base import load_causal_lm, resolve
 from llm.tokens import IGNORE
@@ -66,20 +65,20 @@ def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :length] for k, v in batch.items()}
 
 
-def _valid_loss(engine: Any, shard: Any, batch_size: int) -> float:
-    """Token-weighted validation loss over every worker's shard."""
+def _valid_loss(engine: Any, valid: Any, batch_size: int) -> float:
+    """Token-weighted loss over the whole validation split. Every rank runs every batch (under
+    ZeRO-3 each forward gathers parameters, which all ranks must join), so every rank has the
+    same loss."""
     engine.eval()
-    total = torch.zeros(2, dtype=torch.float64)
+    total, count = 0.0, 0
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, device=engine.device):
+        for batch in valid.iter_torch_batches(batch_size=batch_size, device=engine.device):
             batch = _trim(batch)
             tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-            total += torch.tensor([engine(**batch).loss.item() * tokens, tokens],
-                                  dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(total)
+            total += engine(**batch).loss.item() * tokens
+            count += tokens
     engine.train()
-    return float(total[0] / max(total[1], 1))
+    return total / max(count, 1)
 
 
 def memory_mb() -> dict[str, float]:
@@ -140,7 +139,7 @@ def lm_train_loop(config: dict[str, Any]) -> None:
 
     run = rank_zero_run(config)
     train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
+    valid = ray.train.get_dataset_shard("valid")  # the whole split (make_trainer)
     counts = {"trainable_params": sum(_numel(p) for p in trainable),
               "total_params": sum(_numel(p) for p in engine.module.parameters())}
     for epoch in range(start_epoch, config["epochs"]):
@@ -163,7 +162,7 @@ def lm_train_loop(config: dict[str, Any]) -> None:
                          "tokens_per_s": tokens * world / (time.perf_counter() - started)},
                         step=engine.global_steps)
         seconds = time.perf_counter() - started
-        valid_loss = _valid_loss(engine, valid_shard, config["micro_batch_size"])
+        valid_loss = _valid_loss(engine, valid, config["micro_batch_size"])
         metrics = {"epoch": epoch, "start_epoch": start_epoch,
                    "train_loss": sum(losses) / max(len(losses), 1),
                    # shards are equal (Ray Train splits with equal=True): the global throughput

@@ -1,8 +1,9 @@
 """The Ray Train loop for the platform's classifiers.
 
-Runs on every worker of a `TorchTrainer`: data comes from Ray Data shards (input columns named in
-`config["inputs"]`, label column `y`), the model is wrapped for DDP (gloo on CPU, NCCL on GPU),
-and every epoch reports validation metrics gathered from all workers plus a checkpoint (model and
+Runs on every worker of a `TorchTrainer`: training data comes from Ray Data shards (input columns
+named in `config["inputs"]`, label column `y`), the model is wrapped for DDP (gloo on CPU, NCCL on
+GPU), and every epoch reports validation metrics over the whole validation split, scored in parts
+by the workers and gathered (`evaluate_split`), plus a checkpoint (model and
 optimizer state, epoch), so that a replaced worker group resumes where the last one stopped.
 Two classes train one logit with binary cross-entropy; more classes train softmax logits.
 Rank 0 logs each epoch to W&B live and, at the end, the checkpoint as an artifact.
@@ -45,27 +46,33 @@ def _proba(logits: torch.Tensor) -> np.ndarray:
     return p.float().cpu().numpy()
 
 
-def _gather(values: np.ndarray) -> np.ndarray:
-    """Concatenate an array from every worker (in rank order)."""
+def _gather(parts: list[Any]) -> list[Any]:
+    """Every worker's `parts`, concatenated in rank order."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, values)
-    return np.concatenate(parts)
+        return parts
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, parts)
+    return [part for rank_parts in everyone for part in rank_parts]
 
 
-def evaluate_shard(model: torch.nn.Module, shard: Any, inputs: list[str], batch_size: int,
+def evaluate_split(model: torch.nn.Module, valid: Any, inputs: list[str], batch_size: int,
                    device: torch.device) -> dict[str, float]:
-    """Validation metrics over all workers' shards: every rank gets the same numbers."""
-    model.eval()
-    scores, labels = [], []
+    """Validation metrics over the whole validation split, the same on every rank: every rank
+    reads the split (Ray Train does not shard it), rank r scores its batches r, r + world, ...
+    through the unwrapped model (no collective per batch, so ranks may score unequal counts),
+    and the scores are gathered: each row is scored once and none is dropped."""
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    net = _unwrap(model)
+    net.eval()
+    parts = []  # (labels, scores) of this rank's batches; a rank may have none
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
-            scores.append(_proba(model(**{k: batch[k] for k in inputs})))
-            labels.append(batch["y"].cpu().numpy())
-    y = _gather(np.concatenate(labels)) if labels else _gather(np.zeros(0, np.int64))
-    p = _gather(np.concatenate(scores)) if scores else _gather(np.zeros((0,)))
-    return valid_metrics(y, p)
+        for i, batch in enumerate(valid.iter_torch_batches(batch_size=batch_size, device=device)):
+            if i % world == rank:
+                parts.append((batch["y"].cpu().numpy(),
+                              _proba(net(**{k: batch[k] for k in inputs}))))
+    labels, scores = zip(*_gather(parts), strict=True)
+    return valid_metrics(np.concatenate(labels), np.concatenate(scores))
 
 
 def valid_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -145,7 +152,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, int]:
     run = rank_zero_run(config)
     inputs = config["inputs"]
     train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
+    valid = ray.train.get_dataset_shard("valid")  # the whole split (make_trainer)
     epoch = start_epoch - 1  # a resumed run that had finished runs no epoch
     for epoch in range(start_epoch, config["epochs"]):
         maybe_fail(config, epoch)
@@ -171,7 +178,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, int]:
                    "train_loss": total / max(count, 1), "train_samples": count,
                    # shards are equal (Ray Train splits with equal=True): the global throughput
                    "train_samples_per_s": count * context.get_world_size() / max(seconds, 1e-9),
-                   **evaluate_shard(model, valid_shard, inputs, config["batch_size"], device)}
+                   **evaluate_split(model, valid, inputs, config["batch_size"], device)}
         improved = metrics["valid_macro_f1"] > best
         if improved:
             best, best_epoch = metrics["valid_macro_f1"], epoch

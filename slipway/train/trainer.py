@@ -23,6 +23,7 @@ from ray.data.extensions import ArrowTensorArray
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
+    DataConfig,
     FailureConfig,
     Result,
     RunConfig,
@@ -97,13 +98,15 @@ def make_trainer(datasets: dict[str, ray.data.Dataset], config: dict[str, Any],
                  ) -> TorchTrainer:
     """A TorchTrainer running `loop` (the classifier loop by default) on `datasets`, each
     worker's torch on as many `threads` as it has CPUs; the same `run_name` under
-    `storage_path` resumes a run."""
+    `storage_path` resumes a run. `train` is sharded across the workers; every worker reads
+    the other datasets whole (the loops score the validation split without dropping rows to
+    even out shards, and with no coordinator actor per dataset)."""
     return TorchTrainer(
         loop,
         train_loop_config={**config, "threads": max(1, int(settings.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        datasets=datasets,
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings.max_failures),

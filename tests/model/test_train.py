@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from benchmarks.platform import SMALL
 from jobs.generate import GenerateConfig
@@ -84,6 +84,14 @@ def test_two_worker_run_reports_metrics_checkpoints_and_registers(platform_root,
     assert examples["test"] == labelled - int(labelled * 0.85)
     assert {"features/user_engagement", "features/article_text"} <= set(meta["data_versions"])
     assert meta["metrics"]["valid_roc_auc"] == pytest.approx(epochs[-1]["valid_roc_auc"])
+    # The two workers scored the validation split in parts: every row once, none dropped.
+    # scikit-learn on the saved split, scored by the registered (last epoch's) model, agrees.
+    valid = pd.read_parquet(f"{meta['splits_uri']}/valid.parquet")
+    assert len(valid) == examples["valid"]
+    p = predict_proba(model, mv, valid)
+    assert meta["metrics"]["valid_roc_auc"] == pytest.approx(roc_auc_score(valid["label"], p),
+                                                             abs=1e-6)
+    assert meta["metrics"]["valid_loss"] == pytest.approx(log_loss(valid["label"], p), abs=1e-5)
     assert meta["task"] == "engagement" and meta["labels"] == ["no click", "click"]
     test = pd.read_parquet(f"{meta['splits_uri']}/test.parquet")
     with torch.no_grad():
