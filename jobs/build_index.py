@@ -52,7 +52,9 @@ class BuildIndexConfig(JobConfig):
 
 
 def evaluation_questions(docs, count: int, seed: int) -> tuple[list[str], list[str]]:
-    """Up to `count` (question, source doc id) pairs from generated article sentences."""
+    """Up to `count` (question, source doc id) pairs from generated article sentences: the same
+    ones for the same documents and seed, in whatever order the documents were read."""
+    docs = docs.sort_values("doc_id", kind="stable")
     rng = np.random.default_rng(seed)
     asked, sources = [], []
     for i in rng.permutation(len(docs)):
