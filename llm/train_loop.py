@@ -23,6 +23,7 @@ import ray.train
 import torch
 
 from llm.base import load_causal_lm, resolve
+from llm.deepspeed_ops import use_packaged_ninja
 from llm.tokens import IGNORE
 from slipway.models.hf import load_tokenizer
 from slipway.storage import Storage
@@ -114,6 +115,7 @@ def lm_train_loop(config: dict[str, Any]) -> None:
     base_path, _ = resolve(config["base"], Storage(config["storage_root"]))
     ds_config = deepspeed_config(config["deepspeed"], config, world)
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    use_packaged_ninja()  # the ninja `make setup` built the ops with: no rebuild here
     deepspeed.init_distributed()  # joins the process group Ray Train set up
     before_model_mb = memory_mb()["rss_mb"]
     # Kept alive while loading: from_pretrained then builds the model in ZeRO-3 partitions.

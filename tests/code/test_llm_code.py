@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
+import ninja
 import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from llm.bootstrap import train_tokenizer
+from llm.deepspeed_ops import use_packaged_ninja
 from llm.evaluate import exact_match, faithfulness, rouge_l, token_f1
 from llm.finetune import OptimSettings, load_deepspeed_json
 from llm.index import (
@@ -263,3 +269,17 @@ def test_deepspeed_configs_are_checked(tmp_path):
     bad.write_text('{"zero_optimization": {"stage": 5}}')
     with pytest.raises(ConfigError, match="stage 5"):
         load_deepspeed_json(str(bad))
+
+
+def test_op_builds_use_deepspeeds_ninja_whatever_path_finds_first(monkeypatch):
+    """A process whose PATH finds the system's ninja (or none) builds and checks DeepSpeed's ops
+    with the `ninja` package's binary, as `make setup` and the Ray workers do: ninja releases
+    hash build commands differently, so a second ninja would rebuild both ops."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    packaged = os.path.join(ninja.BIN_DIR, "ninja")
+    use_packaged_ninja()
+    use_packaged_ninja()
+    assert shutil.which("ninja") == packaged
+    assert os.environ["PATH"] == f"{ninja.BIN_DIR}:/usr/bin:/bin"  # once, however often called
+    version = subprocess.run(["ninja", "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith(ninja.__version__)
