@@ -100,13 +100,15 @@ def make_trainer(datasets: dict[str, ray.data.Dataset], config: dict[str, Any],
     worker's torch on as many `threads` as it has CPUs; the same `run_name` under
     `storage_path` resumes a run. `train` is sharded across the workers; every worker reads
     the other datasets whole (the loops score the validation split without dropping rows to
-    even out shards, and with no coordinator actor per dataset)."""
+    even out shards, and with no coordinator actor per dataset), and a lone worker reads
+    `train` whole too (a split into one shard would start a coordinator actor for nothing)."""
+    split = ["train"] if settings.num_workers > 1 else []
     return TorchTrainer(
         loop,
         train_loop_config={**config, "threads": max(1, int(settings.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker}),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=split),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings.max_failures),
