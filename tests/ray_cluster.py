@@ -46,7 +46,12 @@ class LocalCluster:
         # their runtime-env folders, and one node's agent would replace the job's working dir
         # under the other's driver); short, for the socket paths inside.
         temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-        args = [f"{BIN}/ray", "start", "--block", "--node-ip-address=127.0.0.1",
+        # `ray start` through this interpreter's path rather than the `ray` script, whose shebang
+        # names the path the venv was made at: the workers run the same interpreter path as
+        # `make setup`, so DeepSpeed's ops (whose build commands hold it) are not rebuilt when
+        # .venv is a link to a cached venv (as in CI).
+        args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+                "--node-ip-address=127.0.0.1",
                 f"--num-cpus={self.num_cpus}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
                 f"--dashboard-agent-listen-port={free_port()}",
                 f"--metrics-export-port={free_port()}"]
